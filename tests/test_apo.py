@@ -1,0 +1,136 @@
+"""A*PO stage 1 and stage 2 maths, masking, data order, and the non-finite guard."""
+import math
+import os
+
+import pytest
+import torch
+
+PAPER_VSTAR = [0.0, 0.2935, 0.4772, 0.6113, 0.7169, 0.8040, 0.8782, 0.9428, 1.0]
+
+
+@pytest.mark.parametrize("correct", range(9))
+def test_vstar_matches_the_paper_vectors(nb, correct):
+    rewards = torch.tensor([1.0] * correct + [0.0] * (8 - correct))
+    assert nb.optimal_value(rewards, beta1=0.5).item() == pytest.approx(PAPER_VSTAR[correct], abs=5e-5)
+
+
+def test_vstar_is_batched_and_stable(nb):
+    rewards = torch.tensor([[1.0] * k + [0.0] * (8 - k) for k in range(9)])
+    values = nb.optimal_value(rewards, beta1=0.5)
+    assert values.shape == (9,)
+    assert values.tolist() == pytest.approx(PAPER_VSTAR, abs=5e-5)
+    assert torch.isfinite(nb.optimal_value(torch.full((2, 8), 1.0), beta1=1e-4)).all()  # logsumexp: no overflow
+    assert nb.optimal_value(torch.full((8,), 0.1), beta1=0.5).item() == pytest.approx(0.1)
+
+
+def test_loss_and_gradient_by_hand(nb):
+    policy = torch.tensor([-2.0, -5.0], requires_grad=True)
+    reference = torch.tensor([-3.0, -4.0])
+    rewards, vstar, beta2 = torch.tensor([1.0, 0.0]), torch.tensor([0.4772, 0.2935]), 0.1
+    residuals = [0.1 * 1.0 - (1.0 - 0.4772), 0.1 * -1.0 - (0.0 - 0.2935)]
+    loss = nb.apo_loss(policy, reference, rewards, vstar, beta2)
+    assert loss.item() == pytest.approx((residuals[0] ** 2 + residuals[1] ** 2) / 2)
+    loss.backward()
+    assert policy.grad.tolist() == pytest.approx([2 * r * beta2 / 2 for r in residuals])
+
+
+def tiny_model_and_tokenizer(nb, seed=0):
+    torch.manual_seed(seed)
+    tokenizer = nb.build_char_tokenizer()
+    config = nb.make_config("cpu-tiny")
+    model = nb.Qwen2ForCausalLM(nb.tiny_qwen2_config(config, tokenizer)).eval()
+    model.config._attn_implementation = "eager"
+    return model, tokenizer
+
+
+def summed_logprob_alone(model, prompt, response):
+    ids = torch.tensor([prompt + response])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+    targets = ids[0, 1:]
+    picked = logprobs.gather(-1, targets[:, None])[:, 0]
+    return picked[len(prompt) - 1:].sum().item()
+
+
+def test_response_mask_stops_at_first_eos_and_ignores_padding(nb):
+    model, tokenizer = tiny_model_and_tokenizer(nb)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12]]
+    responses = [[20, 21, eos, 30, 31, 32], [22, eos]]  # tokens after the first EOS must not count
+    batch = nb.build_rollout_batch(prompts, responses, {eos}, pad)
+    assert batch.response_mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+    with torch.no_grad():
+        summed, entropy = nb.response_logprobs(model, batch)
+    assert summed.shape == entropy.shape == (2,)
+    expected = [summed_logprob_alone(model, prompts[0], [20, 21, eos]), summed_logprob_alone(model, prompts[1], [22, eos])]
+    assert summed.tolist() == pytest.approx(expected, abs=1e-4)  # left padding and positions handled
+    other = nb.build_rollout_batch(prompts, [[20, 21, eos, 40, 41, 42, 43], [22, eos, 50]], {eos}, pad)
+    with torch.no_grad():
+        assert nb.response_logprobs(model, other)[0].tolist() == pytest.approx(summed.tolist(), abs=1e-5)
+
+
+def test_gradient_flows_only_through_kept_tokens(nb):
+    model, tokenizer = tiny_model_and_tokenizer(nb)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    batch = nb.build_rollout_batch([[5, 6, 7]], [[20, eos]], {eos}, pad)
+    padded = nb.build_rollout_batch([[5, 6, 7], [8, 9, 10, 11, 12, 13]], [[20, eos], [21, 22, 23, 24, eos]], {eos}, pad)
+    grads = []
+    for rollout, rows in ((batch, 1), (padded, 2)):
+        model.zero_grad()
+        nb.response_logprobs(model, rollout)[0][0].backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+def test_step_prompt_indices_split_ranks_and_cover_epochs(nb):
+    count, per_step = 10, 4
+    seen = []
+    for step in range(1, 6):
+        both = nb.step_prompt_indices(step, count, per_step, seed=3)
+        ranks = [nb.step_prompt_indices(step, count, per_step, seed=3, rank=r, world_size=2) for r in range(2)]
+        assert sorted(ranks[0] + ranks[1]) == sorted(both) and not set(ranks[0]) & set(ranks[1])
+        seen += both
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
+    assert nb.step_prompt_indices(4, count, per_step, seed=3) == nb.step_prompt_indices(4, count, per_step, seed=3)
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_checkpoint(nb, tmp_path):
+    config = nb.make_config("cpu-tiny", train_steps=3, checkpoint_every=1, eval_every=0, cache_dir=str(tmp_path))
+    device = torch.device("cpu")
+    nb.init_distributed(device)
+    policy, tokenizer = tiny_model_and_tokenizer(nb)
+    reference, _ = tiny_model_and_tokenizer(nb)
+    policy = nb.wrap_fsdp(policy, device, config, world_size=1)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    problems = nb.build_datasets(config)["multiplication"]["train"]
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    nb.train_apo(policy, reference, tokenizer, optimizer, problems, [0.5] * len(problems), {}, config, device,
+                 str(run_dir), world_size=1)
+    saved = (run_dir / "checkpoint.pt").read_bytes()
+    with torch.no_grad():
+        next(reference.parameters()).fill_(float("nan"))
+    more = nb.make_config("cpu-tiny", train_steps=5, checkpoint_every=1, eval_every=0, cache_dir=str(tmp_path))
+    with pytest.raises(FloatingPointError, match="at step 4"):
+        nb.train_apo(policy, reference, tokenizer, optimizer, problems, [0.5] * len(problems), {}, more, device,
+                     str(run_dir), world_size=1)
+    assert (run_dir / "checkpoint.pt").read_bytes() == saved
+    assert [r["step"] for r in nb.read_metrics(str(run_dir / "metrics.jsonl"))] == [1, 2, 3]
+
+
+def test_resume_refuses_a_checkpoint_written_under_other_settings(nb, tmp_path):
+    config = nb.make_config("cpu-tiny", train_steps=1, checkpoint_every=1, eval_every=0, cache_dir=str(tmp_path))
+    device = torch.device("cpu")
+    nb.init_distributed(device)
+    policy, tokenizer = tiny_model_and_tokenizer(nb)
+    reference, _ = tiny_model_and_tokenizer(nb)
+    policy = nb.wrap_fsdp(policy, device, config, world_size=1)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    problems = nb.build_datasets(config)["multiplication"]["train"]
+    nb.train_apo(policy, reference, tokenizer, optimizer, problems, [0.5] * len(problems), {}, config, device,
+                 str(tmp_path), world_size=1)
+    changed = nb.make_config("cpu-tiny", train_steps=2, checkpoint_every=1, eval_every=0, cache_dir=str(tmp_path),
+                             learning_rate=1.0)
+    with pytest.raises(ValueError, match=r"\['learning_rate'\].*another run_name"):
+        nb.train_apo(policy, reference, tokenizer, optimizer, problems, [0.5] * len(problems), {}, changed, device,
+                     str(tmp_path), world_size=1)

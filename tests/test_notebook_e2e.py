@@ -1,0 +1,100 @@
+"""The whole notebook, headless, at the cpu-tiny size: artefacts, and resuming after a kill."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import nbformat
+import pytest
+import yaml
+
+from notebook_module import NOTEBOOK_PATH
+
+TRAIN_STEPS = 8
+METRIC_KEYS = {"step", "reward", "accuracy", "loss", "advantage", "kl", "entropy", "response_tokens", "step_seconds",
+               "tokens_per_second", "peak_memory_mb", "grad_norm", "lr"}
+
+
+def papermill_command(executed: str, output_dir: str, cache_dir: str) -> list[str]:
+    overrides = yaml.safe_dump({"cache_dir": cache_dir, "checkpoint_every": 2, "eval_every": 4}, default_flow_style=True)
+    return [sys.executable, "-m", "papermill", str(NOTEBOOK_PATH), executed, "-p", "preset", "cpu-tiny",
+            "-p", "train_steps", str(TRAIN_STEPS), "-p", "output_dir", output_dir, "-p", "run_name", "tiny",
+            "-y", f"config_overrides: {overrides}", "--no-progress-bar"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    executed = str(root / "executed.ipynb")
+    started = time.time()
+    subprocess.run(papermill_command(executed, str(root / "results"), str(root / "cache")), check=True,
+                   cwd=NOTEBOOK_PATH.parent, capture_output=True, text=True)
+    return {"root": root, "run_dir": root / "results" / "tiny", "executed": executed, "seconds": time.time() - started}
+
+
+def test_whole_notebook_runs_headless_quickly(finished_run):
+    assert finished_run["seconds"] < 180
+    notebook = nbformat.read(finished_run["executed"], as_version=4)
+    errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in notebook.cells)
+
+
+def test_metrics_are_complete_and_finite(finished_run):
+    lines = (finished_run["run_dir"] / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["step"] for r in records] == list(range(1, TRAIN_STEPS + 1))
+    for record in records:
+        assert METRIC_KEYS <= record.keys()
+        assert all(math.isfinite(v) for v in record.values() if isinstance(v, float))
+        assert 0.0 <= record["accuracy"] <= record["reward"] + 1e-9 or record["accuracy"] == 0.0
+    assert all(f"eval_greedy_accuracy/{t}" in records[3] for t in ("countdown", "multiplication"))
+
+
+def test_summary_plots_and_model_are_well_formed(finished_run):
+    run_dir = finished_run["run_dir"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["config"]["preset"] == "cpu-tiny" and summary["seed"] == 0 and summary["steps"] == TRAIN_STEPS
+    assert set(summary["stage_seconds"]) == {"stage0_build", "base_eval", "stage1_vstar", "stage2_train"}
+    for when in ("base", "trained"):
+        for task in ("countdown", "multiplication"):
+            report = summary[when][task]
+            assert 0.0 <= report["greedy_accuracy"] <= 1.0 and 0.0 <= report["pass@1"] <= report["pass@2"] <= 1.0
+            assert set(report["by_level"]) >= {"3x9"} or set(report["by_level"]) >= {"3x1"}
+    for name in ("training_curves.png", "vstar_histogram.png"):
+        data = (run_dir / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "final_model")
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "final_model")
+    assert model.config.model_type == "qwen2" and tokenizer.eos_token == "<|endoftext|>"
+
+
+def test_killed_run_resumes_without_lost_or_repeated_steps(finished_run):
+    root = finished_run["root"]
+    output_dir, executed = str(root / "killed"), str(root / "killed.ipynb")
+    metrics = root / "killed" / "tiny" / "metrics.jsonl"
+    command = papermill_command(executed, output_dir, str(root / "cache"))  # stage 0 and V* come from the cache
+    process = subprocess.Popen(command, cwd=NOTEBOOK_PATH.parent, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    steps_before = len(metrics.read_text().splitlines())
+    assert 3 <= steps_before < TRAIN_STEPS, "the kill should land mid-way through training"
+    assert (root / "killed" / "tiny" / "checkpoint.pt").exists()
+
+    subprocess.run(command, check=True, cwd=NOTEBOOK_PATH.parent, capture_output=True, text=True)
+    notebook = nbformat.read(executed, as_version=4)
+    printed = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "resuming from step" in printed
+    resumed = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in resumed] == list(range(1, TRAIN_STEPS + 1))
+    reference = [json.loads(line) for line in (finished_run["run_dir"] / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(resumed, reference):  # exact resume: same data, same samples, same updates
+        assert a["reward"] == pytest.approx(b["reward"]) and a["loss"] == pytest.approx(b["loss"], rel=1e-4)

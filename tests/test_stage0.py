@@ -1,0 +1,88 @@
+"""Stage 0: tokenizer, reasoning traces, corpus hygiene, and the base model's save/load round trip."""
+import random
+
+import torch
+
+
+def test_tokenizer_round_trips_text_and_keeps_tags_whole(nb):
+    tokenizer = nb.build_char_tokenizer()
+    text = "User: 347*8=?\nAssistant: <think> 300*8=2400 </think> <answer> 2776 </answer>"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.convert_tokens_to_ids("<answer>") in ids
+    assert len(ids) < len(text)  # tags are single tokens
+    assert [tokenizer.decode([i]) for i in tokenizer("2776", add_special_tokens=False)["input_ids"]] == list("2776")
+
+
+def test_multiplication_trace_arithmetic_is_right(nb):
+    rng = random.Random(0)
+    for level in ("1x1", "2x1", "3x1", "2x2", "3x3"):
+        for _ in range(50):
+            problem = nb.generate_multiplication_problem(rng, level)
+            trace = nb.multiplication_trace(*problem.numbers)
+            for step in trace.split(", "):
+                left, right = step.split("=")
+                x, op, y = (left.partition("*") if "*" in left else left.partition("+"))
+                assert (int(x) * int(y) if op == "*" else int(x) + int(y)) == int(right)
+            assert trace.split("=")[-1] == str(problem.target)
+
+
+def test_countdown_trace_ends_with_a_correct_equation(nb):
+    rng = random.Random(1)
+    for _ in range(200):
+        problem = nb.generate_countdown_problem(rng, "3x9")
+        trace, equation = nb.countdown_trace(problem.numbers, problem.target, rng)
+        assert trace.endswith(f"={problem.target} vs {problem.target} yes.") and trace.count("yes.") == 1
+        assert nb.countdown_reward(f"<answer> {equation} </answer>", list(problem.numbers), problem.target) == 1.0
+        assert trace.split(". ")[-1].startswith(f"{equation}: ")
+        for attempt in trace.split(". ")[:-1]:
+            guess, _, steps = attempt.partition(": ")
+            result = steps.split("=")[-1].split(" vs ")[0]
+            assert attempt.endswith(f" vs {problem.target} no") and int(result) != problem.target
+            assert nb.evaluate_equation(guess) == int(result)
+
+
+def test_corpus_never_contains_heldout_problems(nb):
+    config = nb.make_config("cpu-tiny", test_prompts_per_task=200)
+    datasets = nb.build_datasets(config)
+    heldout = {nb.problem_key(p) for split in datasets.values() for p in split["test"]}
+    prompts = {nb.format_prompt(p, config.prompt_template) for split in datasets.values() for p in split["test"]}
+    corpus = nb.build_corpus(config, heldout, 3000, random.Random(0))
+    assert not any(doc.split("<think>")[0] + "<think>" in prompts for doc in corpus)
+    thinking = sum(not doc.split("<think>")[1].startswith(" </think>") for doc in corpus) / len(corpus)
+    assert abs(thinking - config.base_think_fraction) < 0.05
+
+
+def test_datasets_are_disjoint_and_reproducible(nb):
+    config = nb.make_config("cpu-tiny", train_prompts_per_task=300, test_prompts_per_task=100)
+    first, second = nb.build_datasets(config), nb.build_datasets(config)
+    for task, split in first.items():
+        assert split == second[task]
+        assert not {nb.problem_key(p) for p in split["train"]} & {nb.problem_key(p) for p in split["test"]}
+    other_seed = nb.build_datasets(nb.make_config("cpu-tiny", seed=1, train_prompts_per_task=300, test_prompts_per_task=100))
+    assert other_seed["countdown"]["test"] == first["countdown"]["test"]  # same held-out set for every seed
+    assert other_seed["countdown"]["train"] != first["countdown"]["train"]
+
+
+def test_base_model_saves_and_loads_through_from_pretrained(nb, tmp_path):
+    config = nb.make_config("cpu-tiny", cache_dir=str(tmp_path), base_pretrain_steps=3)
+    heldout = {nb.problem_key(p) for split in nb.build_datasets(config).values() for p in split["test"]}
+    path = nb.ensure_base_model(config, heldout)
+    assert path.startswith(str(tmp_path)) and (tmp_path / "base_model").is_dir()
+    mtime = (tmp_path / "base_model" / path.split("/")[-1] / "model.safetensors").stat().st_mtime
+    assert nb.ensure_base_model(config, heldout) == path  # cached: not rebuilt
+    assert (tmp_path / "base_model" / path.split("/")[-1] / "model.safetensors").stat().st_mtime == mtime
+    tokenizer = nb.load_tokenizer(path)
+    model = nb.load_causal_lm(path, config, torch.device("cpu"))
+    assert type(model).__name__ == "Qwen2ForCausalLM"
+    rebuilt = nb.build_char_tokenizer()
+    assert tokenizer.get_vocab() == rebuilt.get_vocab() and tokenizer.eos_token == "<|endoftext|>"
+    text = "User: make 22 from [3, 5, 7]\nAssistant: <think> 3*5=15, 15+7=22 yes. </think> <answer> (3*5)+7 </answer>"
+    assert tokenizer(text)["input_ids"] == rebuilt(text)["input_ids"]  # reloaded through AutoTokenizer
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+    ids = tokenizer(["User: 12*3=?\nAssistant: <think>"], return_tensors="pt")
+    with torch.no_grad():
+        again = nb.load_causal_lm(path, config, torch.device("cpu"))
+        assert torch.equal(model(**ids).logits, again(**ids).logits)
+    changed = nb.make_config("cpu-tiny", cache_dir=str(tmp_path), base_pretrain_steps=4)
+    assert nb.base_model_path(changed) != path

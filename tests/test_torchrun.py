@@ -1,0 +1,136 @@
+"""The notebook as a two-process torchrun job on CPU (gloo), launched the way modal_app.py launches
+several GPUs: papermill injects the parameters, nbconvert exports a script, torchrun runs it.
+
+The end-to-end test needs the notebook's per-rank debug log: with TINYZERO_DEBUG_RANK_LOG set to a
+folder, every rank appends {rank, step, indices, policy, shard, reference} per step to
+`<folder>/rank<r>.jsonl`, where the last three are digests of the gathered policy, of the rank's own
+shard and of its reference copy (see `tensor_digest` below for how they are computed).
+
+Set TINYZERO_TEST_NOTEBOOK to run these tests against another build of the notebook.
+"""
+import hashlib
+import json
+import os
+import pathlib
+import sys
+
+import pytest
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import modal_app  # noqa: E402
+
+NOTEBOOK = pathlib.Path(os.environ.get("TINYZERO_TEST_NOTEBOOK", modal_app.NOTEBOOK))
+WORLD_SIZE = 2
+FAST_OVERRIDES = dict(max_new_tokens=16, test_prompts_per_task=4, eval_prompts_per_task=4,
+                      multiplication_eval_levels=["3x1"], num_ref_samples=2, pass_k=1)
+FAST_TASKS = ["multiplication"]
+# What a finished multi-GPU run folder holds: the notebook's outputs (written by rank 0 only) and
+# the launcher's prepared notebook, exported script and log. Anything else came from somewhere else.
+EXPECTED_RUN_FILES = {"base_eval.json", "checkpoint.pt", "metrics.jsonl", "summary.json", "training_curves.png",
+                      "vstar_histogram.png", "final_model", modal_app.PREPARED_NOTEBOOK, modal_app.TORCHRUN_SCRIPT,
+                      modal_app.TORCHRUN_LOG}
+
+
+def tensor_digest(tensors: dict) -> str:
+    """First 16 hex digits of sha256 over each name and its tensor's float32 bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("count,prompts_per_step", [(32, 8), (16, 8), (21, 6), (7, 4)])
+def test_ranks_split_each_steps_prompts(nb, count, prompts_per_step):
+    """Rank shares of a step are disjoint, cover the whole step, and match the one-process order."""
+    for step in range(1, 12):
+        whole = nb.step_prompt_indices(step, count, prompts_per_step, seed=3)
+        shares = [nb.step_prompt_indices(step, count, prompts_per_step, 3, rank, WORLD_SIZE)
+                  for rank in range(WORLD_SIZE)]
+        assert sorted(shares[0] + shares[1]) == sorted(whole)
+        assert len(shares[0]) + len(shares[1]) == prompts_per_step
+        if len(set(whole)) == len(whole):  # a step that straddles two epochs may hold a prompt twice
+            assert not set(shares[0]) & set(shares[1])
+
+
+@pytest.fixture(scope="module")
+def torchrun_run(tmp_path_factory):
+    """One finished two-process cpu-tiny run (module-scoped: it takes a while)."""
+    base = tmp_path_factory.mktemp("torchrun")
+    debug = base / "rank_log"
+    saved = {key: os.environ.get(key) for key in ("TINYZERO_DEBUG_RANK_LOG", "OMP_NUM_THREADS")}
+    os.environ.update(TINYZERO_DEBUG_RANK_LOG=str(debug), OMP_NUM_THREADS="1")
+    try:
+        result = modal_app.run_notebook("cpu-tiny", seed=0, run_name="ddp", gpus=WORLD_SIZE,
+                                        volume_root=str(base / "runs"), cache_dir=str(base / "cache"),
+                                        tasks=FAST_TASKS, config_overrides=FAST_OVERRIDES, notebook=NOTEBOOK)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return base, pathlib.Path(result["run_dir"]), debug, result
+
+
+def read_jsonl(path: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_only_rank_zero_writes_results(torchrun_run):
+    base, run_dir, _, result = torchrun_run
+    assert {p.name for p in run_dir.iterdir()} == EXPECTED_RUN_FILES
+    leftovers = [p for p in base.rglob("*") if ".tmp-" in p.name or ".partial-" in p.name]
+    assert leftovers == [], f"unfinished atomic writes left behind: {leftovers}"
+    assert [p.relative_to(base) for p in base.rglob("metrics.jsonl")] == [pathlib.Path("runs/ddp/metrics.jsonl")]
+    assert {"model.safetensors", "config.json"} <= {p.name for p in (run_dir / "final_model").iterdir()}
+    steps = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) == 4, "each step logged exactly once"
+    summary = result["summary"]
+    assert summary["world_size"] == WORLD_SIZE and summary["steps"] == 4
+    assert (run_dir / modal_app.TORCHRUN_SCRIPT).read_text().count("get_ipython()") == 0
+
+
+def rank_logs(debug: pathlib.Path) -> list[list[dict]]:
+    if not debug.is_dir():
+        pytest.fail("the notebook wrote no per-rank log: it lacks the TINYZERO_DEBUG_RANK_LOG hook "
+                    "(log_rank_state in the training loop)")
+    logs = [read_jsonl(debug / f"rank{rank}.jsonl") for rank in range(WORLD_SIZE)]
+    assert sorted(p.name for p in debug.iterdir()) == [f"rank{rank}.jsonl" for rank in range(WORLD_SIZE)]
+    for rank, records in enumerate(logs):
+        assert [r["step"] for r in records] == [1, 2, 3, 4]
+        assert {r["rank"] for r in records} == {rank}
+    return logs
+
+
+def test_ranks_trained_on_different_prompts(torchrun_run, nb):
+    _, _, debug, result = torchrun_run
+    config = result["summary"]["config"]
+    count = config["train_prompts_per_task"] * len(config["tasks"])
+    for rank0, rank1 in zip(*rank_logs(debug)):
+        step = rank0["step"]
+        assert not set(rank0["indices"]) & set(rank1["indices"]), f"step {step}: ranks shared prompts"
+        whole = nb.step_prompt_indices(step, count, config["prompts_per_step"], config["seed"])
+        assert sorted(rank0["indices"] + rank1["indices"]) == sorted(whole), f"step {step}: prompts lost"
+        for rank, record in enumerate((rank0, rank1)):
+            assert record["indices"] == nb.step_prompt_indices(step, count, config["prompts_per_step"],
+                                                               config["seed"], rank, WORLD_SIZE)
+
+
+def test_parameters_stay_identical_across_ranks(torchrun_run):
+    _, run_dir, debug, _ = torchrun_run
+    logs = rank_logs(debug)
+    for rank0, rank1 in zip(*logs):
+        step = rank0["step"]
+        assert rank0["policy"] == rank1["policy"], f"step {step}: ranks hold different policies"
+        assert rank0["reference"] == rank1["reference"], f"step {step}: reference copies differ"
+        assert rank0["shard"] != rank1["shard"], f"step {step}: the policy is not sharded across ranks"
+    policies = [r["policy"] for r in logs[0]]
+    assert len(set(policies)) == len(policies), "the policy must change at every step"
+    assert len({r["reference"] for r in logs[0]}) == 1, "the reference policy must stay frozen"
+    checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert checkpoint["step"] == 4
+    assert tensor_digest(checkpoint["model"]) == policies[-1], "rank 0 checkpointed another model than the ranks hold"
