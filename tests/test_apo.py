@@ -94,43 +94,38 @@ def test_step_prompt_indices_split_ranks_and_cover_epochs(nb):
     assert nb.step_prompt_indices(4, count, per_step, seed=3) == nb.step_prompt_indices(4, count, per_step, seed=3)
 
 
+class TinyTraining:
+    """A tiny FSDP-wrapped policy, its reference and data, ready for `train_apo` in `run_dir`."""
+
+    def __init__(self, nb, run_dir):
+        self.nb, self.run_dir, self.device = nb, str(run_dir), torch.device("cpu")
+        nb.init_distributed(self.device)
+        policy, self.tokenizer = tiny_model_and_tokenizer(nb)
+        self.reference, _ = tiny_model_and_tokenizer(nb)
+        self.policy = nb.wrap_fsdp(policy, self.device, nb.make_config("cpu-tiny"), world_size=1)
+        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=1e-3)
+        self.problems = nb.build_datasets(nb.make_config("cpu-tiny"))["multiplication"]["train"]
+
+    def train(self, **overrides):
+        config = self.nb.make_config("cpu-tiny", checkpoint_every=1, eval_every=0, **overrides)
+        return self.nb.train_apo(self.policy, self.reference, self.tokenizer, self.optimizer, self.problems,
+                                 [0.5] * len(self.problems), {}, config, self.device, self.run_dir, world_size=1)
+
+
 def test_non_finite_loss_stops_with_the_step_and_keeps_checkpoint(nb, tmp_path):
-    config = nb.make_config("cpu-tiny", train_steps=3, checkpoint_every=1, eval_every=0, cache_dir=str(tmp_path))
-    device = torch.device("cpu")
-    nb.init_distributed(device)
-    policy, tokenizer = tiny_model_and_tokenizer(nb)
-    reference, _ = tiny_model_and_tokenizer(nb)
-    policy = nb.wrap_fsdp(policy, device, config, world_size=1)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3)
-    problems = nb.build_datasets(config)["multiplication"]["train"]
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    nb.train_apo(policy, reference, tokenizer, optimizer, problems, [0.5] * len(problems), {}, config, device,
-                 str(run_dir), world_size=1)
-    saved = (run_dir / "checkpoint.pt").read_bytes()
+    run = TinyTraining(nb, tmp_path)
+    run.train(train_steps=3)
+    saved = (tmp_path / "checkpoint.pt").read_bytes()
     with torch.no_grad():
-        next(reference.parameters()).fill_(float("nan"))
-    more = nb.make_config("cpu-tiny", train_steps=5, checkpoint_every=1, eval_every=0, cache_dir=str(tmp_path))
+        next(run.reference.parameters()).fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="at step 4"):
-        nb.train_apo(policy, reference, tokenizer, optimizer, problems, [0.5] * len(problems), {}, more, device,
-                     str(run_dir), world_size=1)
-    assert (run_dir / "checkpoint.pt").read_bytes() == saved
-    assert [r["step"] for r in nb.read_metrics(str(run_dir / "metrics.jsonl"))] == [1, 2, 3]
+        run.train(train_steps=5)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == saved
+    assert [r["step"] for r in nb.read_metrics(str(tmp_path / "metrics.jsonl"))] == [1, 2, 3]
 
 
 def test_resume_refuses_a_checkpoint_written_under_other_settings(nb, tmp_path):
-    config = nb.make_config("cpu-tiny", train_steps=1, checkpoint_every=1, eval_every=0, cache_dir=str(tmp_path))
-    device = torch.device("cpu")
-    nb.init_distributed(device)
-    policy, tokenizer = tiny_model_and_tokenizer(nb)
-    reference, _ = tiny_model_and_tokenizer(nb)
-    policy = nb.wrap_fsdp(policy, device, config, world_size=1)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3)
-    problems = nb.build_datasets(config)["multiplication"]["train"]
-    nb.train_apo(policy, reference, tokenizer, optimizer, problems, [0.5] * len(problems), {}, config, device,
-                 str(tmp_path), world_size=1)
-    changed = nb.make_config("cpu-tiny", train_steps=2, checkpoint_every=1, eval_every=0, cache_dir=str(tmp_path),
-                             learning_rate=1.0)
+    run = TinyTraining(nb, tmp_path)
+    run.train(train_steps=1)
     with pytest.raises(ValueError, match=r"\['learning_rate'\].*another run_name"):
-        nb.train_apo(policy, reference, tokenizer, optimizer, problems, [0.5] * len(problems), {}, changed, device,
-                     str(tmp_path), world_size=1)
+        run.train(train_steps=2, learning_rate=1.0)

@@ -18,6 +18,13 @@ METRIC_KEYS = {"step", "reward", "accuracy", "loss", "advantage", "kl", "entropy
                "tokens_per_second", "peak_memory_mb", "grad_norm", "lr"}
 
 
+def run_checked(command: list[str]) -> None:
+    """Run `command` in the repository; on failure show the end of its output."""
+    result = subprocess.run(command, cwd=NOTEBOOK_PATH.parent, capture_output=True, text=True)
+    if result.returncode:
+        pytest.fail(f"{command[2]} exited with {result.returncode}:\n{(result.stdout + result.stderr)[-3000:]}")
+
+
 def papermill_command(executed: str, output_dir: str, cache_dir: str) -> list[str]:
     overrides = yaml.safe_dump({"cache_dir": cache_dir, "checkpoint_every": 2, "eval_every": 4}, default_flow_style=True)
     return [sys.executable, "-m", "papermill", str(NOTEBOOK_PATH), executed, "-p", "preset", "cpu-tiny",
@@ -30,8 +37,7 @@ def finished_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     executed = str(root / "executed.ipynb")
     started = time.time()
-    subprocess.run(papermill_command(executed, str(root / "results"), str(root / "cache")), check=True,
-                   cwd=NOTEBOOK_PATH.parent, capture_output=True, text=True)
+    run_checked(papermill_command(executed, str(root / "results"), str(root / "cache")))
     return {"root": root, "run_dir": root / "results" / "tiny", "executed": executed, "seconds": time.time() - started}
 
 
@@ -89,7 +95,7 @@ def test_killed_run_resumes_without_lost_or_repeated_steps(finished_run):
     assert 3 <= steps_before < TRAIN_STEPS, "the kill should land mid-way through training"
     assert (root / "killed" / "tiny" / "checkpoint.pt").exists()
 
-    subprocess.run(command, check=True, cwd=NOTEBOOK_PATH.parent, capture_output=True, text=True)
+    run_checked(command)
     notebook = nbformat.read(executed, as_version=4)
     printed = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "resuming from step" in printed
