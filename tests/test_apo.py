@@ -102,9 +102,10 @@ class TinyTraining:
         nb.init_distributed(self.device)
         policy, self.tokenizer = tiny_model_and_tokenizer(nb)
         self.reference, _ = tiny_model_and_tokenizer(nb)
-        self.policy = nb.wrap_fsdp(policy, self.device, nb.make_config("cpu-tiny"), world_size=1)
+        config = nb.make_config("cpu-tiny")
+        self.policy = nb.wrap_fsdp(policy, self.device, config, world_size=1)
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=1e-3)
-        self.problems = nb.build_datasets(nb.make_config("cpu-tiny"))["multiplication"]["train"]
+        self.problems = nb.build_datasets(config)["multiplication"]["train"]
 
     def train(self, **overrides):
         config = self.nb.make_config("cpu-tiny", checkpoint_every=1, eval_every=0, **overrides)
