@@ -94,6 +94,12 @@ def test_step_prompt_indices_split_ranks_and_cover_epochs(nb):
     assert nb.step_prompt_indices(4, count, per_step, seed=3) == nb.step_prompt_indices(4, count, per_step, seed=3)
 
 
+def test_per_task_metrics_split_accuracy_and_length_by_task(nb):
+    metrics = nb.per_task_metrics(("countdown", "multiplication"), [4.0, 1.0, 100.0, 0.0, 0.0, 0.0])
+    assert metrics == {"accuracy/countdown": 0.25, "response_tokens/countdown": 25.0,
+                       "accuracy/multiplication": None, "response_tokens/multiplication": None}
+
+
 class TinyTraining:
     """A tiny FSDP-wrapped policy, its reference and data, ready for `train_apo` in `run_dir`."""
 

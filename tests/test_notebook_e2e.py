@@ -57,6 +57,10 @@ def test_metrics_are_complete_and_finite(finished_run):
         assert METRIC_KEYS <= record.keys()
         assert all(math.isfinite(v) for v in record.values() if isinstance(v, float))
         assert 0.0 <= record["accuracy"] <= record["reward"] + 1e-9 or record["accuracy"] == 0.0
+        for task in ("countdown", "multiplication"):
+            accuracy, length = record[f"accuracy/{task}"], record[f"response_tokens/{task}"]
+            assert (accuracy is None) == (length is None)
+            assert accuracy is None or (0.0 <= accuracy <= 1.0 and 1.0 <= length <= 48.0)
     assert all(f"eval_greedy_accuracy/{t}" in records[3] for t in ("countdown", "multiplication"))
 
 

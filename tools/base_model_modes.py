@@ -1,0 +1,92 @@
+"""How the CPU default's base model answers: directly or step by step, and how often each way is right.
+
+Uses the notebook's own definitions (through tests/notebook_module.py) and its cached stage 0 model
+(building it when missing). For each task's held-out problems it reports greedy accuracy, greedy
+accuracy when the model is made to reason (the token that closes the reasoning is banned as the
+first token, so it cannot answer straight away), and from `--samples` samples per problem at
+temperature 1 the share of step-by-step responses and the accuracy of each kind. The product of a
+kind's share and accuracy is the reference probability of a correct response of that kind, which is
+what A*PO's target policy, pi_ref * exp(r / beta2), keeps.
+
+    .venv/bin/python tools/base_model_modes.py --samples 4 > results/base_model_modes.json
+"""
+import argparse
+import json
+import os
+import pathlib
+import sys
+
+import torch
+from transformers import GenerationConfig
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from notebook_module import load_notebook_module  # noqa: E402
+
+
+def reasons(text: str) -> bool:
+    """True when a response writes something before closing its reasoning."""
+    return bool(text.split("</think>", 1)[0].strip())
+
+
+def forced_reasoning_texts(model, tokenizer, prompts: list[str], config) -> list[str]:
+    """Greedy responses that may not close the reasoning straight away. Every stage 0 completion opens
+    with a space, so the prompts get it and the token after it may not be the closing tag."""
+    settings = GenerationConfig(do_sample=False, max_new_tokens=config.max_new_tokens,
+                                eos_token_id=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id,
+                                begin_suppress_tokens=[tokenizer.convert_tokens_to_ids("</think>")])
+    texts = []
+    for start in range(0, len(prompts), config.generation_batch_size):
+        encoded = tokenizer([p + " " for p in prompts[start:start + config.generation_batch_size]],
+                            return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            output = model.generate(**encoded, generation_config=settings)
+        texts += [" " + text for text in tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1]:],
+                                                                 skip_special_tokens=True)]
+    return texts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="cpu", choices=["cpu", "cpu-tiny"], help="a preset with a stage 0 model")
+    parser.add_argument("--samples", type=int, default=4, help="samples per held-out problem")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache-dir", default=str(ROOT / "artifacts"), help="where stage 0 models are cached")
+    args = parser.parse_args()
+    nb = load_notebook_module()
+    config = nb.make_config(args.preset, cache_dir=args.cache_dir)
+    datasets = nb.build_datasets(config)
+    heldout = {nb.problem_key(p) for split in datasets.values() for problems in [split["test"], *split["by_level"].values()]
+               for p in problems}
+    path = nb.ensure_base_model(config, heldout)
+    tokenizer, model = nb.load_tokenizer(path), nb.load_causal_lm(path, config, torch.device("cpu"))
+    torch.manual_seed(args.seed)
+    report = {"base_model": os.path.relpath(path, ROOT), "samples_per_problem": args.samples}
+    for task, split in datasets.items():
+        problems = split["test"]
+        prompts = [nb.prompt_for(p, config) for p in problems]
+        greedy = nb.generate(model, tokenizer, prompts, config, greedy=True, show_progress=False).texts
+        forced = forced_reasoning_texts(model, tokenizer, prompts, config)
+        sampled = nb.generate(model, tokenizer, prompts, config, greedy=False, samples_per_prompt=args.samples,
+                              show_progress=False).texts
+        correct = lambda texts, k: [r == 1.0 for r in nb.score(problems, texts, k, config.format_score)]
+        sampled_correct, kinds = correct(sampled, args.samples), [reasons(t) for t in sampled]
+        stepwise = [c for c, k in zip(sampled_correct, kinds) if k]
+        direct = [c for c, k in zip(sampled_correct, kinds) if not k]
+        report[task] = {
+            "problems": len(problems),
+            "greedy_accuracy": sum(correct(greedy, 1)) / len(problems),
+            "greedy_reasoning_share": sum(map(reasons, greedy)) / len(problems),
+            "forced_reasoning_greedy_accuracy": sum(correct(forced, 1)) / len(problems),
+            "forced_reasoning_without_answer": sum("</answer>" not in t for t in forced) / len(problems),
+            "sampled_reasoning_share": len(stepwise) / len(sampled),
+            "sampled_reasoning_accuracy": sum(stepwise) / max(1, len(stepwise)),
+            "sampled_direct_accuracy": sum(direct) / max(1, len(direct)),
+            "correct_mass_reasoning": sum(stepwise) / len(sampled),
+            "correct_mass_direct": sum(direct) / len(sampled),
+        }
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
