@@ -17,7 +17,6 @@ import pathlib
 import sys
 
 import torch
-from transformers import GenerationConfig
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -29,21 +28,13 @@ def reasons(text: str) -> bool:
     return bool(text.split("</think>", 1)[0].strip())
 
 
-def forced_reasoning_texts(model, tokenizer, prompts: list[str], config) -> list[str]:
+def forced_reasoning_texts(nb, model, tokenizer, prompts: list[str], config) -> list[str]:
     """Greedy responses that may not close the reasoning straight away. Every stage 0 completion opens
     with a space, so the prompts get it and the token after it may not be the closing tag."""
-    settings = GenerationConfig(do_sample=False, max_new_tokens=config.max_new_tokens,
-                                eos_token_id=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id,
-                                begin_suppress_tokens=[tokenizer.convert_tokens_to_ids("</think>")])
-    texts = []
-    for start in range(0, len(prompts), config.generation_batch_size):
-        encoded = tokenizer([p + " " for p in prompts[start:start + config.generation_batch_size]],
-                            return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.no_grad():
-            output = model.generate(**encoded, generation_config=settings)
-        texts += [" " + text for text in tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1]:],
-                                                                 skip_special_tokens=True)]
-    return texts
+    closing_tag = tokenizer.convert_tokens_to_ids("</think>")
+    texts = nb.generate(model, tokenizer, [p + " " for p in prompts], config, greedy=True, show_progress=False,
+                        banned_first_tokens=(closing_tag,)).texts
+    return [" " + text for text in texts]
 
 
 def main() -> None:
@@ -56,9 +47,7 @@ def main() -> None:
     nb = load_notebook_module()
     config = nb.make_config(args.preset, cache_dir=args.cache_dir)
     datasets = nb.build_datasets(config)
-    heldout = {nb.problem_key(p) for split in datasets.values() for problems in [split["test"], *split["by_level"].values()]
-               for p in problems}
-    path = nb.ensure_base_model(config, heldout)
+    path = nb.ensure_base_model(config, nb.heldout_keys(datasets))
     tokenizer, model = nb.load_tokenizer(path), nb.load_causal_lm(path, config, torch.device("cpu"))
     torch.manual_seed(args.seed)
     report = {"base_model": os.path.relpath(path, ROOT), "samples_per_problem": args.samples}
@@ -66,7 +55,7 @@ def main() -> None:
         problems = split["test"]
         prompts = [nb.prompt_for(p, config) for p in problems]
         greedy = nb.generate(model, tokenizer, prompts, config, greedy=True, show_progress=False).texts
-        forced = forced_reasoning_texts(model, tokenizer, prompts, config)
+        forced = forced_reasoning_texts(nb, model, tokenizer, prompts, config)
         sampled = nb.generate(model, tokenizer, prompts, config, greedy=False, samples_per_prompt=args.samples,
                               show_progress=False).texts
         correct = lambda texts, k: [r == 1.0 for r in nb.score(problems, texts, k, config.format_score)]
