@@ -1,17 +1,24 @@
 """tools/base_model_modes.py runs on a tiny base model and reports consistent figures."""
+import importlib.util
 import json
 import pathlib
 import subprocess
 import sys
+
+import pytest
 
 TOOL = pathlib.Path(__file__).resolve().parent.parent / "tools" / "base_model_modes.py"
 
 
 def test_base_model_modes_reports_each_task(tmp_path):
     result = subprocess.run([sys.executable, str(TOOL), "--preset", "cpu-tiny", "--samples", "2",
-                             "--cache-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+                             "--cache-dir", str(tmp_path), "--set", "base_pretrain_steps=20"],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
+    assert report["overrides"] == {"base_pretrain_steps": 20}
+    with open(TOOL.parent.parent / report["base_model"] / "stage0.json") as f:
+        assert json.load(f)["steps"] == 20  # the override shaped the base model that was measured
     for task in ("countdown", "multiplication"):
         figures = report[task]
         assert figures["problems"] == 16
@@ -21,3 +28,31 @@ def test_base_model_modes_reports_each_task(tmp_path):
         mixed = (figures["sampled_reasoning_share"] * figures["sampled_reasoning_accuracy"]
                  + (1 - figures["sampled_reasoning_share"]) * figures["sampled_direct_accuracy"])
         assert abs(sampled_accuracy - mixed) < 1e-9
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("base_model_modes", TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_repeated_attempts_are_detected():
+    tool = load_tool()
+    assert tool.repeats_an_attempt(" (7-1)+1: 7-1=6, 6+1=7 vs 8 no. (7-1)+1: 7-1=6, 6+1=7 vs 8 no. (7-1")
+    assert not tool.repeats_an_attempt(" (7-1)+1: 7-1=6, 6+1=7 vs 8 no. (7+1)*1: 7+1=8, 8*1=8 vs 8 yes. "
+                                       "</think> <answer> (7+1)*1 </answer>")
+    assert not tool.repeats_an_attempt(" 20*4=80, 3*4=12, 80+12=92 </think> <answer> 92 </answer>")
+    assert not tool.repeats_an_attempt(" </think> <answer> 7 </answer>. 7. 7.")  # only the reasoning counts
+
+
+def test_overrides_are_read_as_literals_and_bad_ones_are_named(tmp_path):
+    tool = load_tool()
+    assert tool.config_override("base_think_fraction=0.3") == ("base_think_fraction", 0.3)
+    assert tool.config_override("base_countdown_levels=('3x9',)") == ("base_countdown_levels", ("3x9",))
+    assert tool.config_override("prompt_template=compact") == ("prompt_template", "compact")
+    with pytest.raises(Exception, match="FIELD=VALUE"):
+        tool.config_override("base_think_fraction")
+    result = subprocess.run([sys.executable, str(TOOL), "--preset", "cpu-tiny", "--cache-dir", str(tmp_path),
+                             "--set", "base_thinking=0.3"], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "base_thinking" in result.stderr

@@ -9,8 +9,12 @@ kind's share and accuracy is the reference probability of a correct response of 
 what A*PO's target policy, pi_ref * exp(r / beta2), keeps.
 
     .venv/bin/python tools/base_model_modes.py --samples 4 > results/base_model_modes.json
+
+`--set FIELD=VALUE` (repeatable) changes a config field first, e.g. `--set base_think_fraction=0.3`,
+to measure another stage 0 design; a changed stage 0 field builds (and caches) its own base model.
 """
 import argparse
+import ast
 import json
 import os
 import pathlib
@@ -28,6 +32,24 @@ def reasons(text: str) -> bool:
     return bool(text.split("</think>", 1)[0].strip())
 
 
+def repeats_an_attempt(text: str) -> bool:
+    """True when the reasoning says one sentence twice word for word: in countdown, a search that
+    tries the same equation again, which under greedy decoding repeats until the length limit."""
+    attempts = [attempt.strip() for attempt in text.split("</think>", 1)[0].split(".") if attempt.strip()]
+    return len(attempts) != len(set(attempts))
+
+
+def config_override(text: str) -> tuple[str, object]:
+    """`FIELD=VALUE` as (field, value); VALUE is read as a Python literal when it is one, else as text."""
+    name, separator, value = text.partition("=")
+    if not separator or not name:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
+    try:
+        return name, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return name, value
+
+
 def forced_reasoning_texts(nb, model, tokenizer, prompts: list[str], config) -> list[str]:
     """Greedy responses that may not close the reasoning straight away. Every stage 0 completion opens
     with a space, so the prompts get it and the token after it may not be the closing tag."""
@@ -43,14 +65,17 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4, help="samples per held-out problem")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default=str(ROOT / "artifacts"), help="where stage 0 models are cached")
+    parser.add_argument("--set", dest="overrides", type=config_override, action="append", default=[],
+                        metavar="FIELD=VALUE", help="change a config field (repeatable)")
     args = parser.parse_args()
     nb = load_notebook_module()
-    config = nb.make_config(args.preset, cache_dir=args.cache_dir)
+    overrides = dict(args.overrides)
+    config = nb.make_config(args.preset, **overrides, cache_dir=args.cache_dir)
     datasets = nb.build_datasets(config)
     path = nb.ensure_base_model(config, nb.heldout_keys(datasets))
     tokenizer, model = nb.load_tokenizer(path), nb.load_causal_lm(path, config, torch.device("cpu"))
     torch.manual_seed(args.seed)
-    report = {"base_model": os.path.relpath(path, ROOT), "samples_per_problem": args.samples}
+    report = {"base_model": os.path.relpath(path, ROOT), "overrides": overrides, "samples_per_problem": args.samples}
     for task, split in datasets.items():
         problems = split["test"]
         prompts = [nb.prompt_for(p, config) for p in problems]
@@ -68,6 +93,7 @@ def main() -> None:
             "greedy_reasoning_share": sum(map(reasons, greedy)) / len(problems),
             "forced_reasoning_greedy_accuracy": sum(correct(forced, 1)) / len(problems),
             "forced_reasoning_without_answer": sum("</answer>" not in t for t in forced) / len(problems),
+            "forced_reasoning_repeats_an_attempt": sum(map(repeats_an_attempt, forced)) / len(problems),
             "sampled_reasoning_share": len(stepwise) / len(sampled),
             "sampled_reasoning_accuracy": sum(stepwise) / max(1, len(stepwise)),
             "sampled_direct_accuracy": sum(direct) / max(1, len(direct)),
