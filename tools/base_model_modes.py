@@ -27,15 +27,20 @@ sys.path.insert(0, str(ROOT / "tests"))
 from notebook_module import load_notebook_module  # noqa: E402
 
 
+def reasoning(text: str) -> str:
+    """What a response writes before closing its reasoning (all of it when it never closes)."""
+    return text.split("</think>", 1)[0]
+
+
 def reasons(text: str) -> bool:
     """True when a response writes something before closing its reasoning."""
-    return bool(text.split("</think>", 1)[0].strip())
+    return bool(reasoning(text).strip())
 
 
 def repeats_an_attempt(text: str) -> bool:
     """True when the reasoning says one sentence twice word for word: in countdown, a search that
     tries the same equation again, which under greedy decoding repeats until the length limit."""
-    attempts = [attempt.strip() for attempt in text.split("</think>", 1)[0].split(".") if attempt.strip()]
+    attempts = [attempt.strip() for attempt in reasoning(text).split(".") if attempt.strip()]
     return len(attempts) != len(set(attempts))
 
 
