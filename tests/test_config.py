@@ -36,6 +36,7 @@ def test_qwen_presets_use_paper_defaults(nb):
     ({"prompt_template": "chatml"}, "prompt_template"),
     ({"dtype": "int8"}, "dtype"),
     ({"base_think_fraction": 1.5}, "base_think_fraction"),
+    ({"base_countdown_levels": ("3x9", "4x20")}, "base_countdown_levels"),
     ({"adaptive_min_samples": 9}, "adaptive_min_samples"),
     ({"run_name": "a/b"}, "run_name"),
 ])

@@ -39,7 +39,8 @@ def reasons(text: str) -> bool:
 
 def repeats_an_attempt(text: str) -> bool:
     """True when the reasoning says one sentence twice word for word: in countdown, a search that
-    tries the same equation again, which under greedy decoding repeats until the length limit."""
+    tries the same combination again (the corpus's search does so only when a number repeats); a
+    repeat under greedy decoding tends to loop until the length limit."""
     attempts = [attempt.strip() for attempt in reasoning(text).split(".") if attempt.strip()]
     return len(attempts) != len(set(attempts))
 
