@@ -1,4 +1,5 @@
 """A*PO stage 1 and stage 2 maths, masking, data order, and the non-finite guard."""
+import dataclasses
 import math
 import os
 
@@ -136,3 +137,45 @@ def test_resume_refuses_a_checkpoint_written_under_other_settings(nb, tmp_path):
     run.train(train_steps=1)
     with pytest.raises(ValueError, match=r"\['learning_rate'\].*another run_name"):
         run.train(train_steps=2, learning_rate=1.0)
+
+
+def test_micro_batches_change_neither_loss_nor_gradient(nb):
+    """Length-grouped micro-batches of 2 give the loss computed over all rollouts in prompt order (same
+    seed, same rollouts), and the same parameters after an SGD step as one micro-batch of 8 (SGD, unlike
+    Adam, moves by the gradient's scale)."""
+    config = nb.make_config("cpu-tiny", max_new_tokens=24)
+    datasets = nb.build_datasets(config)
+    half = config.prompts_per_step // 2  # the two tasks' prompts differ in length, so grouping reorders rows
+    problems = [p for pair in zip(datasets["multiplication"]["train"][:half], datasets["countdown"]["train"][:half])
+                for p in pair]
+    vstar = [0.3 + 0.05 * i for i in range(len(problems))]
+
+    def models():
+        return tiny_model_and_tokenizer(nb, seed=3) + (tiny_model_and_tokenizer(nb, seed=4)[0],)
+
+    policy, tokenizer, reference = models()
+    torch.manual_seed(0)
+    rollouts = nb.generate(policy, tokenizer, [nb.prompt_for(p, config) for p in problems], config, greedy=False,
+                           show_progress=False)
+    batch = nb.build_rollout_batch(rollouts.prompt_ids, rollouts.response_ids, {tokenizer.eos_token_id},
+                                   tokenizer.pad_token_id)
+    with torch.no_grad():
+        expected_loss = nb.apo_loss(nb.response_logprobs(policy, batch)[0], nb.response_logprobs(reference, batch)[0],
+                                    torch.tensor(nb.score(problems, rollouts.texts, 1, config.format_score)),
+                                    torch.tensor(vstar), config.beta2).item()
+
+    def one_step(micro_batch_size):
+        policy, tokenizer, reference = models()
+        optimizer = torch.optim.SGD(policy.parameters(), lr=1.0)
+        torch.manual_seed(0)
+        record = nb.apo_step(policy, reference, tokenizer, problems, vstar, optimizer,
+                             dataclasses.replace(config, micro_batch_size=micro_batch_size), torch.device("cpu"),
+                             step=1, world_size=1)
+        return record, [p.detach().clone() for p in policy.parameters()]
+
+    whole, whole_parameters = one_step(8)
+    grouped, grouped_parameters = one_step(2)
+    assert whole["loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert grouped["loss"] == pytest.approx(expected_loss, rel=1e-5)
+    for a, b in zip(whole_parameters, grouped_parameters):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -1,5 +1,6 @@
 """Stage 0: tokenizer, reasoning traces, corpus hygiene, and the base model's save/load round trip."""
 import random
+import re
 
 import torch
 
@@ -68,6 +69,41 @@ def test_corpus_never_contains_heldout_problems(nb):
     assert not any(doc.split("<think>")[0] + "<think>" in prompts for doc in corpus)
     thinking = sum(not doc.split("<think>")[1].startswith(" </think>") for doc in corpus) / len(corpus)
     assert abs(thinking - config.base_think_fraction) < 0.05
+
+
+def corpus_rewards(nb, document):
+    """(is a direct answer, its reward) of a compact-template corpus document."""
+    prompt, completion = document.split("<think>", 1)
+    if match := re.search(r"make (\d+) from \[([\d, ]+)\]", prompt):
+        numbers = [int(n) for n in match.group(2).split(",")]
+        reward = nb.countdown_reward(completion, numbers, int(match.group(1)))
+    else:
+        a, b = re.search(r"(\d+)\*(\d+)=\?", prompt).groups()
+        reward = nb.multiplication_reward(completion, int(a), int(b))
+    return completion.startswith(" </think>"), reward
+
+
+def test_corpus_direct_answers_are_wrong_at_the_configured_share_and_worked_ones_right(nb):
+    config = nb.make_config("cpu-tiny", base_countdown_levels=("3x9", "3x20"), base_wrong_direct_fraction=0.4)
+    scored = [corpus_rewards(nb, doc) for doc in nb.build_corpus(config, set(), 3000, random.Random(1))]
+    direct = [reward for is_direct, reward in scored if is_direct]
+    assert set(direct) <= {0.1, 1.0}  # wrong answers are still well formed
+    assert abs(direct.count(0.1) / len(direct) - 0.4) < 0.05
+    assert all(reward == 1.0 for is_direct, reward in scored if not is_direct)
+
+
+def test_wrong_direct_answers_look_like_answers(nb):
+    rng = random.Random(2)
+    for _ in range(300):
+        problem = nb.generate_multiplication_problem(rng, "3x1")
+        wrong = nb.direct_answer(problem, wrong=True, rng=rng)
+        assert wrong != problem.solution and len(wrong) == len(problem.solution)
+        assert sum(x != y for x, y in zip(wrong, problem.solution)) == 1  # one digit off
+        problem = nb.generate_countdown_problem(rng, "3x9")
+        equation = nb.direct_answer(problem, wrong=True, rng=rng)
+        assert nb.countdown_reward(f"<answer>{equation}</answer>", list(problem.numbers), problem.target) == 0.1
+        equation = nb.direct_answer(problem, wrong=False, rng=rng)
+        assert nb.countdown_reward(f"<answer>{equation}</answer>", list(problem.numbers), problem.target) == 1.0
 
 
 def test_datasets_are_disjoint_and_reproducible(nb):

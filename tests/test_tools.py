@@ -56,3 +56,18 @@ def test_overrides_are_read_as_literals_and_bad_ones_are_named(tmp_path):
     result = subprocess.run([sys.executable, str(TOOL), "--preset", "cpu-tiny", "--cache-dir", str(tmp_path),
                              "--set", "base_thinking=0.3"], capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "base_thinking" in result.stderr
+
+
+def test_generation_benchmark_reports_both_timings(tmp_path):
+    """tools/bench_generation.py runs end to end; its ratio is a measurement, so only its form is checked."""
+    bench = TOOL.parent / "bench_generation.py"
+    result = subprocess.run([sys.executable, str(bench), "--preset", "cpu-tiny", "--prompts", "4",
+                             "--cache-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["responses"] == 2 * 4 * 4  # two tasks, 4 prompts each, cpu-tiny's N = 4 samples
+    for name in ("transformers_generate", "notebook_generate"):
+        assert report[name]["seconds"] > 0
+        assert 1 <= report[name]["mean_response_tokens"] <= report["max_new_tokens"]
+    assert report["speedup"] == pytest.approx(report["transformers_generate"]["seconds"]
+                                              / report["notebook_generate"]["seconds"], rel=0.05)

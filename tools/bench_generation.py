@@ -1,0 +1,80 @@
+"""Sampling speed: the notebook's `generate` (finished responses leave the batch) against transformers'
+`model.generate` (every row decodes until the batch's longest response ends), on the same base model,
+prompts and settings, measured in one run.
+
+It samples as stage 1 does: `num_ref_samples` responses per training prompt at the config's
+temperature, `generation_batch_size` rows per call, from the cached stage 0 base model (built when
+missing). Prints one JSON object with both timings and their ratio.
+
+    .venv/bin/python tools/bench_generation.py --prompts 128
+"""
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import torch
+from transformers import GenerationConfig
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from notebook_module import load_notebook_module  # noqa: E402
+
+
+def transformers_generate(nb, model, tokenizer, prompts: list[str], config, samples: int) -> list[list[int]]:
+    """Responses from `model.generate`, batched and trimmed like the notebook's."""
+    eos_ids = nb.eos_token_ids(tokenizer, model)
+    settings = GenerationConfig(do_sample=True, temperature=config.temperature, top_k=0, top_p=1.0,
+                                max_new_tokens=config.max_new_tokens, num_return_sequences=samples,
+                                eos_token_id=sorted(eos_ids), pad_token_id=tokenizer.pad_token_id)
+    batch, responses = max(1, config.generation_batch_size // samples), []
+    for start in range(0, len(prompts), batch):
+        encoded = tokenizer(prompts[start:start + batch], return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            output = model.generate(**encoded, generation_config=settings)
+        responses += [nb.trim_at_eos(row, eos_ids, tokenizer.pad_token_id)
+                      for row in output[:, encoded["input_ids"].shape[1]:].tolist()]
+    return responses
+
+
+def timed(run) -> tuple[float, list[list[int]]]:
+    started = time.perf_counter()
+    responses = run()
+    return time.perf_counter() - started, responses
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="cpu", choices=["cpu", "cpu-tiny"], help="a preset with a stage 0 model")
+    parser.add_argument("--prompts", type=int, default=128, help="training prompts per task")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache-dir", default=str(ROOT / "artifacts"), help="where stage 0 models are cached")
+    args = parser.parse_args()
+    nb = load_notebook_module()
+    config = nb.make_config(args.preset, cache_dir=args.cache_dir)
+    datasets = nb.build_datasets(config)
+    path = nb.ensure_base_model(config, nb.heldout_keys(datasets))
+    tokenizer, model = nb.load_tokenizer(path), nb.load_causal_lm(path, config, torch.device("cpu"))
+    prompts = [nb.prompt_for(p, config) for task in config.tasks for p in datasets[task]["train"][:args.prompts]]
+    samples = config.num_ref_samples
+    torch.manual_seed(args.seed)
+    nb.generate(model, tokenizer, prompts[:8], config, greedy=False, samples_per_prompt=samples, show_progress=False)
+    torch.manual_seed(args.seed)
+    library_seconds, library = timed(lambda: transformers_generate(nb, model, tokenizer, prompts, config, samples))
+    torch.manual_seed(args.seed)
+    notebook_seconds, notebook = timed(lambda: nb.generate(model, tokenizer, prompts, config, greedy=False,
+                                                           samples_per_prompt=samples, show_progress=False).response_ids)
+    report = {"base_model": str(pathlib.Path(path).relative_to(ROOT)) if path.startswith(str(ROOT)) else path,
+              "responses": len(prompts) * samples, "generation_batch_size": config.generation_batch_size,
+              "max_new_tokens": config.max_new_tokens, "threads": torch.get_num_threads(),
+              "transformers_generate": {"seconds": round(library_seconds, 3),
+                                        "mean_response_tokens": sum(map(len, library)) / len(library)},
+              "notebook_generate": {"seconds": round(notebook_seconds, 3),
+                                    "mean_response_tokens": sum(map(len, notebook)) / len(notebook)},
+              "speedup": round(library_seconds / notebook_seconds, 2)}
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
