@@ -139,3 +139,14 @@ def test_base_model_saves_and_loads_through_from_pretrained(nb, tmp_path):
         assert torch.equal(model(**ids).logits, again(**ids).logits)
     changed = nb.make_config("cpu-tiny", cache_dir=str(tmp_path), base_pretrain_steps=4)
     assert nb.base_model_path(changed) != path
+
+
+def test_corpus_is_sized_by_the_measured_document_length(nb):
+    tokenizer = nb.build_char_tokenizer()
+    config = nb.make_config("cpu")
+    measured = nb.corpus_tokens_per_document(config, set(), tokenizer)
+    sample = nb.build_corpus(config, set(), num_documents=3000, rng=random.Random(7))
+    mean = sum(len(ids) + 1 for ids in tokenizer(sample, add_special_tokens=False)["input_ids"]) / len(sample)
+    assert abs(measured - mean) < 0.05 * mean
+    more_countdown = nb.make_config("cpu", base_countdown_share=0.9)
+    assert nb.corpus_tokens_per_document(more_countdown, set(), tokenizer) > 1.2 * measured  # worked searches are long
