@@ -34,6 +34,7 @@ CACHE_VOLUME_NAME = "tinyzero-astarpo-cache"
 RUNS_ROOT = "/runs"  # where the runs Volume is mounted in the container
 CACHE_ROOT = "/cache"  # where the cache Volume is mounted in the container
 HF_SECRET_NAME = "huggingface"  # an optional Modal secret holding HF_TOKEN
+WANDB_SECRET_NAME = "wandb"  # an optional Modal secret holding WANDB_API_KEY, attached for --report-to wandb
 
 DEFAULT_GPU = "H100"
 TIMEOUT_SECONDS = 12 * 60 * 60  # per attempt; Modal allows up to 24 h
@@ -59,7 +60,9 @@ TORCHRUN_LOG = "torchrun.log"
 image = (
     modal.Image.debian_slim(python_version="3.11")
     .pip_install_from_requirements(str(HERE / "requirements.txt"))
-    .env({"HF_HOME": f"{CACHE_ROOT}/huggingface", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"})
+    .pip_install_from_requirements(str(HERE / "requirements-trackers.txt"))
+    .env({"HF_HOME": f"{CACHE_ROOT}/huggingface", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
+          "TRACKIO_DIR": f"{RUNS_ROOT}/trackio"})
     .add_local_file(str(NOTEBOOK), f"{REMOTE_DIR}/{NOTEBOOK_NAME}")
 )
 runs_volume = modal.Volume.from_name(RUNS_VOLUME_NAME, create_if_missing=True)
@@ -132,11 +135,14 @@ class PeriodicCommitter:
 
 
 def notebook_parameters(preset: str, steps: int | None, seed: int, run_name: str, output_dir: str,
-                        cache_dir: str | None, tasks: list[str] | None, config_overrides: dict | None) -> dict:
+                        cache_dir: str | None, tasks: list[str] | None, config_overrides: dict | None,
+                        report_to: list[str] | None = None) -> dict:
     """The values for the notebook's `parameters` cell."""
     overrides = dict(config_overrides or {})
     if cache_dir is not None:
         overrides.setdefault("cache_dir", cache_dir)
+    if report_to:
+        overrides["report_to"] = list(report_to)
     parameters = dict(preset=preset, seed=seed, train_steps=steps, output_dir=output_dir, run_name=run_name,
                       config_overrides=overrides)
     if tasks:
@@ -177,7 +183,7 @@ def run_torchrun(script_path: pathlib.Path, nproc: int, cwd: pathlib.Path, log_p
 def run_notebook(preset: str, steps: int | None = None, seed: int = 0, run_name: str | None = None, gpus: int = 1,
                  volume_root: str = RUNS_ROOT, cache_dir: str | None = None, tasks: list[str] | None = None,
                  config_overrides: dict | None = None, commit=None, commit_every: float = COMMIT_EVERY_SECONDS,
-                 notebook: str | os.PathLike = NOTEBOOK) -> dict:
+                 notebook: str | os.PathLike = NOTEBOOK, report_to: list[str] | None = None) -> dict:
     """Run the notebook once (or resume it) into `<volume_root>/<run_name>/`.
 
     `commit` (e.g. `volume.commit`) is called every `commit_every` seconds and once at the end, also
@@ -215,7 +221,7 @@ def run_notebook(preset: str, steps: int | None = None, seed: int = 0, run_name:
             raise RuntimeError(f"asked for {gpus} GPUs but only {torch.cuda.device_count()} are visible")
 
     parameters = notebook_parameters(preset, steps, seed, run_name, str(output_dir), cache_dir, tasks,
-                                     config_overrides)
+                                     config_overrides, report_to)
     log(f"parameters: {json.dumps(parameters)}")
     import papermill
 
@@ -252,11 +258,26 @@ def commit_volumes() -> None:
 @app.function(gpu=DEFAULT_GPU, timeout=TIMEOUT_SECONDS, retries=RETRIES, cpu=CPU_CORES, memory=MEMORY_MIB,
               volumes={RUNS_ROOT: runs_volume, CACHE_ROOT: cache_volume})
 def train(preset: str, steps: int | None = None, seed: int = 0, run_name: str | None = None, gpus: int = 1,
-          tasks: list[str] | None = None, config_overrides: dict | None = None) -> dict:
+          tasks: list[str] | None = None, config_overrides: dict | None = None,
+          report_to: list[str] | None = None) -> dict:
     """One attempt at the run on Modal; a retry resumes it from the checkpoint on the Volume."""
     return run_notebook(preset, steps=steps, seed=seed, run_name=run_name, gpus=gpus, volume_root=RUNS_ROOT,
                         cache_dir=f"{CACHE_ROOT}/tinyzero", tasks=tasks, config_overrides=config_overrides,
-                        commit=commit_volumes)
+                        commit=commit_volumes, report_to=report_to)
+
+
+def notebook_code_cell(marker: str, notebook_path: str | os.PathLike = NOTEBOOK) -> str | None:
+    """The source of the notebook's code cell with a line starting with `marker`, from that line on (None if
+    there is none)."""
+    try:
+        cells = json.loads(pathlib.Path(notebook_path).read_text())["cells"]
+    except (OSError, ValueError, KeyError):
+        return None
+    for cell in cells:
+        source = "".join(cell.get("source", []))
+        if cell.get("cell_type") == "code" and "\n" + marker in "\n" + source:
+            return source[source.index(marker):]
+    return None
 
 
 def known_presets(notebook_path: str | os.PathLike = NOTEBOOK) -> set[str]:
@@ -266,16 +287,16 @@ def known_presets(notebook_path: str | os.PathLike = NOTEBOOK) -> set[str]:
     (and is retried)."""
     import re
 
-    try:
-        cells = json.loads(pathlib.Path(notebook_path).read_text())["cells"]
-    except (OSError, ValueError, KeyError):
-        return set()
-    for cell in cells:
-        source = "".join(cell.get("source", []))
-        if cell.get("cell_type") == "code" and "\nPRESETS = {" in "\n" + source:
-            body = source[source.index("PRESETS = {"):]
-            return set(re.findall(r'^\s*"([\w.\-]+)":\s*dict\(', body, flags=re.MULTILINE))
-    return set()
+    body = notebook_code_cell("PRESETS = {", notebook_path)
+    return set(re.findall(r'^\s*"([\w.\-]+)":\s*dict\(', body, flags=re.MULTILINE)) if body else set()
+
+
+def known_trackers(notebook_path: str | os.PathLike = NOTEBOOK) -> set[str]:
+    """Tracker names of `--report-to`, read from the notebook's `TRACKER_PACKAGES = {...}` line."""
+    import re
+
+    body = notebook_code_cell("TRACKER_PACKAGES = {", notebook_path)
+    return set(re.findall(r'"([\w-]+)":', body.split("}", 1)[0])) if body else set()
 
 
 def gpu_request(gpu: str, gpus: int) -> str:
@@ -288,35 +309,36 @@ def gpu_request(gpu: str, gpus: int) -> str:
     return gpu if gpus == 1 else f"{gpu}:{gpus}"
 
 
-def huggingface_secrets(name: str) -> list:
-    """The HF token for downloads, when there is one: the named Modal secret if it exists, else HF_TOKEN
-    from the local environment, else nothing (the Qwen2.5 base models are public)."""
+def optional_secrets(name: str, variable: str, purpose: str, without: str) -> list:
+    """The named Modal secret if it exists, else `variable` from the local environment as a secret, else
+    nothing (and `without` says what happens then)."""
     if name:
         secret = modal.Secret.from_name(name)
         try:
             secret.hydrate()
-            log(f"using the Modal secret '{name}' for Hugging Face downloads")
+            log(f"using the Modal secret '{name}' for {purpose}")
             return [secret]
         except modal.exception.NotFoundError:
             pass
-    if os.environ.get("HF_TOKEN"):
-        log("using HF_TOKEN from the local environment for Hugging Face downloads")
-        return [modal.Secret.from_dict({"HF_TOKEN": os.environ["HF_TOKEN"]})]
-    log("no Hugging Face token (no Modal secret named "
-        f"'{name}', no local HF_TOKEN); downloading anonymously")
+    if os.environ.get(variable):
+        log(f"using {variable} from the local environment for {purpose}")
+        return [modal.Secret.from_dict({variable: os.environ[variable]})]
+    log(f"no {variable} (no Modal secret named '{name}', no local {variable}); {without}")
     return []
 
 
 @app.local_entrypoint()
 def main(preset: str = "qwen2.5-0.5b", gpu: str = DEFAULT_GPU, gpus: int = 1, steps: int | None = None,
          seed: int = 0, run_name: str = "", tasks: str = "", overrides: str = "", hf_secret: str = HF_SECRET_NAME,
-         timeout_hours: float = TIMEOUT_SECONDS / 3600):
+         timeout_hours: float = TIMEOUT_SECONDS / 3600, report_to: str = "", wandb_secret: str = WANDB_SECRET_NAME):
     """Train `preset` with A*PO on Modal.
 
     --gpu: GPU type (H100, A100-80GB, L40S, ...); --gpus: how many (torchrun when > 1);
     --steps: A*PO steps (default: the preset's); --run-name: folder on the Volume (default <preset>-seed<seed>;
     re-using a name resumes that run); --tasks: comma-separated (default: both); --overrides: JSON object of
-    further Config fields; --hf-secret: Modal secret with HF_TOKEN ('' for none); --timeout-hours: per attempt.
+    further Config fields; --hf-secret: Modal secret with HF_TOKEN ('' for none); --timeout-hours: per attempt;
+    --report-to: comma-separated live trackers (tensorboard, wandb, trackio); --wandb-secret: Modal secret with
+    WANDB_API_KEY, attached when --report-to names wandb ('' for none).
     """
     if gpus < 1:
         raise SystemExit("--gpus must be at least 1")
@@ -336,19 +358,27 @@ def main(preset: str = "qwen2.5-0.5b", gpu: str = DEFAULT_GPU, gpus: int = 1, st
     run_name = run_name or default_run_name(preset, seed)
     if "/" in run_name or run_name.startswith("."):
         raise SystemExit(f"--run-name {run_name!r} must be a plain folder name")
+    trackers = [t.strip() for t in report_to.split(",") if t.strip()]
+    unknown = sorted(set(trackers) - known_trackers())
+    if unknown:
+        raise SystemExit(f"--report-to {','.join(unknown)} is not one of the notebook's trackers: {sorted(known_trackers())}")
     try:
         gpu = gpu_request(gpu, gpus)
     except ValueError as error:
         raise SystemExit(str(error))
     options = dict(gpu=gpu, timeout=int(timeout_hours * 3600),
                    memory=MEMORY_MIB + MEMORY_MIB_PER_EXTRA_GPU * (gpus - 1))
-    secrets = huggingface_secrets(hf_secret)
+    secrets = optional_secrets(hf_secret, "HF_TOKEN", "Hugging Face downloads", "downloading anonymously")
+    if "wandb" in trackers:
+        secrets += optional_secrets(wandb_secret, "WANDB_API_KEY", "Weights & Biases",
+                                    "wandb will fail to log in; create it with: modal secret create wandb WANDB_API_KEY=...")
     if secrets:
         options["secrets"] = secrets
     log(f"run '{run_name}': preset {preset} on {options['gpu']}, steps {steps or 'as in the preset'}, seed {seed}")
     result = train.with_options(**options).remote(
         preset, steps=steps, seed=seed, run_name=run_name, gpus=gpus,
-        tasks=[t.strip() for t in tasks.split(",") if t.strip()] or None, config_overrides=config_overrides)
+        tasks=[t.strip() for t in tasks.split(",") if t.strip()] or None, config_overrides=config_overrides,
+        report_to=trackers or None)
     summary = result["summary"] or {}
     for key in ("steps", "stage_seconds", "peak_memory_mb", "greedy_accuracy_gain"):
         if key in summary:

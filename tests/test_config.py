@@ -39,6 +39,9 @@ def test_qwen_presets_use_paper_defaults(nb):
     ({"base_countdown_levels": ("3x9", "4x20")}, "base_countdown_levels"),
     ({"adaptive_min_samples": 9}, "adaptive_min_samples"),
     ({"run_name": "a/b"}, "run_name"),
+    ({"stage0_seed": -1}, "stage0_seed"),
+    ({"stage0_seed": 1.5}, "stage0_seed"),
+    ({"report_to": ["tensorboard", "mlflow"]}, "report_to"),
 ])
 def test_bad_values_name_the_field(nb, overrides, field):
     with pytest.raises(ValueError, match=rf"Config\.{field}\b"):

@@ -95,12 +95,22 @@ def test_preset_names_are_read_from_the_notebook():
     assert modal_app.known_presets("/nonexistent/notebook.ipynb") == set()
 
 
+def test_tracker_names_are_read_from_the_notebook_and_reach_its_config(nb):
+    assert modal_app.known_trackers() == set(nb.TRACKER_PACKAGES) == {"tensorboard", "wandb", "trackio"}
+    assert modal_app.known_trackers("/nonexistent/notebook.ipynb") == set()
+    parameters = modal_app.notebook_parameters("cpu-tiny", None, 0, "r", "/runs", None, None, {"seed": 1}, ["wandb"])
+    assert parameters["config_overrides"] == {"seed": 1, "report_to": ["wandb"]}
+    assert "report_to" not in modal_app.notebook_parameters("cpu-tiny", None, 0, "r", "/runs", None, None, None)[
+        "config_overrides"]
+
+
 @pytest.mark.parametrize("arguments,message", [(dict(preset="qwen2.5-7b"), "not one of the notebook's presets"),
                                                (dict(gpus=0), "--gpus"), (dict(steps=0), "--steps"),
                                                (dict(timeout_hours=30), "24"),
                                                (dict(overrides="[1]"), "JSON object"),
                                                (dict(run_name="a/b"), "plain folder name"),
-                                               (dict(gpu="H100:2", gpus=4), "give the count once")])
+                                               (dict(gpu="H100:2", gpus=4), "give the count once"),
+                                               (dict(report_to="tensorboard,mlflow"), "not one of the notebook's trackers")])
 def test_entrypoint_rejects_bad_arguments_before_starting_anything(arguments, message):
     entrypoint = getattr(getattr(modal_app.main, "info", None), "raw_f", None)
     if entrypoint is None:

@@ -1,35 +1,16 @@
 """The whole notebook, headless, at the cpu-tiny size: artefacts, and resuming after a kill."""
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import nbformat
 import pytest
-import yaml
 
-from notebook_module import NOTEBOOK_PATH
+from notebook_runs import kill_after_steps, papermill_command, run_checked
 
 TRAIN_STEPS = 8
 METRIC_KEYS = {"step", "reward", "accuracy", "loss", "advantage", "kl", "entropy", "response_tokens", "step_seconds",
                "tokens_per_second", "peak_memory_mb", "grad_norm", "lr"}
-
-
-def run_checked(command: list[str]) -> None:
-    """Run `command` in the repository; on failure show the end of its output."""
-    result = subprocess.run(command, cwd=NOTEBOOK_PATH.parent, capture_output=True, text=True)
-    if result.returncode:
-        pytest.fail(f"{command[2]} exited with {result.returncode}:\n{(result.stdout + result.stderr)[-3000:]}")
-
-
-def papermill_command(executed: str, output_dir: str, cache_dir: str) -> list[str]:
-    overrides = yaml.safe_dump({"cache_dir": cache_dir, "checkpoint_every": 2, "eval_every": 4}, default_flow_style=True)
-    return [sys.executable, "-m", "papermill", str(NOTEBOOK_PATH), executed, "-p", "preset", "cpu-tiny",
-            "-p", "train_steps", str(TRAIN_STEPS), "-p", "output_dir", output_dir, "-p", "run_name", "tiny",
-            "-y", f"config_overrides: {overrides}", "--no-progress-bar"]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +18,7 @@ def finished_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     executed = str(root / "executed.ipynb")
     started = time.time()
-    run_checked(papermill_command(executed, str(root / "results"), str(root / "cache")))
+    run_checked(papermill_command(executed, str(root / "results"), str(root / "cache"), TRAIN_STEPS))
     return {"root": root, "run_dir": root / "results" / "tiny", "executed": executed, "seconds": time.time() - started}
 
 
@@ -69,6 +50,9 @@ def test_summary_plots_and_model_are_well_formed(finished_run):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["config"]["preset"] == "cpu-tiny" and summary["seed"] == 0 and summary["steps"] == TRAIN_STEPS
     assert set(summary["stage_seconds"]) == {"stage0_build", "base_eval", "stage1_vstar", "stage2_train"}
+    peaks = summary["stage_peak_memory_mb"]
+    assert list(peaks) == ["stage0_build", "base_eval", "stage1_vstar", "stage2_train", "final_eval"]
+    assert all(peak > 0 for peak in peaks.values()) and summary["peak_memory_mb"] == max(peaks.values())
     for when in ("base", "trained"):
         for task in ("countdown", "multiplication"):
             report = summary[when][task]
@@ -87,15 +71,8 @@ def test_killed_run_resumes_without_lost_or_repeated_steps(finished_run):
     root = finished_run["root"]
     output_dir, executed = str(root / "killed"), str(root / "killed.ipynb")
     metrics = root / "killed" / "tiny" / "metrics.jsonl"
-    command = papermill_command(executed, output_dir, str(root / "cache"))  # stage 0 and V* come from the cache
-    process = subprocess.Popen(command, cwd=NOTEBOOK_PATH.parent, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    steps_before = len(metrics.read_text().splitlines())
+    command = papermill_command(executed, output_dir, str(root / "cache"), TRAIN_STEPS)  # stage 0, V* from the cache
+    steps_before = kill_after_steps(command, metrics, 3)
     assert 3 <= steps_before < TRAIN_STEPS, "the kill should land mid-way through training"
     assert (root / "killed" / "tiny" / "checkpoint.pt").exists()
 

@@ -139,6 +139,13 @@ def test_base_model_saves_and_loads_through_from_pretrained(nb, tmp_path):
         assert torch.equal(model(**ids).logits, again(**ids).logits)
     changed = nb.make_config("cpu-tiny", cache_dir=str(tmp_path), base_pretrain_steps=4)
     assert nb.base_model_path(changed) != path
+    assert nb.base_model_path(nb.make_config("cpu-tiny", cache_dir=str(tmp_path), stage0_seed=1)) != path
+
+
+def test_stage0_seed_decides_the_corpus(nb):
+    tokenizer = nb.build_char_tokenizer()
+    measure = lambda seed: nb.corpus_tokens_per_document(nb.make_config("cpu-tiny", stage0_seed=seed), set(), tokenizer)
+    assert measure(0) == measure(0) != measure(1)
 
 
 def test_corpus_is_sized_by_the_measured_document_length(nb):

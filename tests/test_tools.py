@@ -31,6 +31,7 @@ def test_base_model_modes_reports_each_task(tmp_path):
 
 
 def load_tool():
+    sys.path.insert(0, str(TOOL.parent))  # as when run as a script: the tools import their shared module
     spec = importlib.util.spec_from_file_location("base_model_modes", TOOL)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)

@@ -94,6 +94,13 @@ def test_only_rank_zero_writes_results(torchrun_run):
     assert (run_dir / modal_app.TORCHRUN_SCRIPT).read_text().count("get_ipython()") == 0
 
 
+def test_only_rank_zero_prints(torchrun_run):
+    _, run_dir, _, _ = torchrun_run
+    log = (run_dir / modal_app.TORCHRUN_LOG).read_text()
+    for line in ("training prompts, ", "base model: ", "stage 2 trains on "):  # printed by the notebook's cells
+        assert log.count(line) == 1, f"{line!r} printed {log.count(line)} times by {WORLD_SIZE} ranks"
+
+
 def rank_logs(debug: pathlib.Path) -> list[list[dict]]:
     if not debug.is_dir():
         pytest.fail("the notebook wrote no per-rank log: it lacks the TINYZERO_DEBUG_RANK_LOG hook "

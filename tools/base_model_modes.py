@@ -17,14 +17,10 @@ import argparse
 import ast
 import json
 import os
-import pathlib
-import sys
 
 import torch
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from notebook_module import load_notebook_module  # noqa: E402
+from stage0_tools import ROOT, base_model_arguments, load_base_model
 
 
 def reasoning(text: str) -> str:
@@ -66,20 +62,13 @@ def forced_reasoning_texts(nb, model, tokenizer, prompts: list[str], config) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="cpu", choices=["cpu", "cpu-tiny"], help="a preset with a stage 0 model")
+    parser = base_model_arguments(__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=4, help="samples per held-out problem")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache-dir", default=str(ROOT / "artifacts"), help="where stage 0 models are cached")
     parser.add_argument("--set", dest="overrides", type=config_override, action="append", default=[],
                         metavar="FIELD=VALUE", help="change a config field (repeatable)")
     args = parser.parse_args()
-    nb = load_notebook_module()
     overrides = dict(args.overrides)
-    config = nb.make_config(args.preset, **overrides, cache_dir=args.cache_dir)
-    datasets = nb.build_datasets(config)
-    path = nb.ensure_base_model(config, nb.heldout_keys(datasets))
-    tokenizer, model = nb.load_tokenizer(path), nb.load_causal_lm(path, config, torch.device("cpu"))
+    nb, config, datasets, path, tokenizer, model = load_base_model(args.preset, args.cache_dir, **overrides)
     torch.manual_seed(args.seed)
     report = {"base_model": os.path.relpath(path, ROOT), "overrides": overrides, "samples_per_problem": args.samples}
     for task, split in datasets.items():

@@ -8,18 +8,14 @@ missing). Prints one JSON object with both timings and their ratio.
 
     .venv/bin/python tools/bench_generation.py --prompts 128
 """
-import argparse
 import json
 import pathlib
-import sys
 import time
 
 import torch
 from transformers import GenerationConfig
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from notebook_module import load_notebook_module  # noqa: E402
+from stage0_tools import ROOT, base_model_arguments, load_base_model
 
 
 def transformers_generate(nb, model, tokenizer, prompts: list[str], config, samples: int) -> list[list[int]]:
@@ -45,17 +41,10 @@ def timed(run) -> tuple[float, list[list[int]]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="cpu", choices=["cpu", "cpu-tiny"], help="a preset with a stage 0 model")
+    parser = base_model_arguments(__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=128, help="training prompts per task")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache-dir", default=str(ROOT / "artifacts"), help="where stage 0 models are cached")
     args = parser.parse_args()
-    nb = load_notebook_module()
-    config = nb.make_config(args.preset, cache_dir=args.cache_dir)
-    datasets = nb.build_datasets(config)
-    path = nb.ensure_base_model(config, nb.heldout_keys(datasets))
-    tokenizer, model = nb.load_tokenizer(path), nb.load_causal_lm(path, config, torch.device("cpu"))
+    nb, config, datasets, path, tokenizer, model = load_base_model(args.preset, args.cache_dir)
     prompts = [nb.prompt_for(p, config) for task in config.tasks for p in datasets[task]["train"][:args.prompts]]
     samples = config.num_ref_samples
     torch.manual_seed(args.seed)  # one small warm-up call each way, so neither pays first-call costs in its timing
