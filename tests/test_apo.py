@@ -95,10 +95,59 @@ def test_step_prompt_indices_split_ranks_and_cover_epochs(nb):
     assert nb.step_prompt_indices(4, count, per_step, seed=3) == nb.step_prompt_indices(4, count, per_step, seed=3)
 
 
-def test_per_task_metrics_split_accuracy_and_length_by_task(nb):
-    metrics = nb.per_task_metrics(("countdown", "multiplication"), [4.0, 1.0, 100.0, 0.0, 0.0, 0.0])
+def test_per_group_metrics_split_accuracy_and_length_by_task(nb):
+    metrics = nb.per_group_metrics(["countdown", "multiplication"], [4.0, 1.0, 100.0, 0.0, 0.0, 0.0])
     assert metrics == {"accuracy/countdown": 0.25, "response_tokens/countdown": 25.0,
                        "accuracy/multiplication": None, "response_tokens/multiplication": None}
+    config = nb.make_config("cpu-tiny", curriculum={"multiplication": [("2x1", 0.5), ("3x1", 0.5)]})
+    assert nb.metric_groups(config) == ["countdown", "multiplication", "multiplication/2x1", "multiplication/3x1"]
+
+
+CURRICULUM = {"multiplication": [("2x1", 0.3), ("3x1", 0.7)], "countdown": [("3x9", 0.5), ("3x20", 0.5)]}
+
+
+def test_curriculum_splits_training_prompts_by_share_and_keeps_held_out_apart(nb):
+    config = nb.make_config("cpu", curriculum=CURRICULUM, train_prompts_per_task=100)
+    datasets = nb.build_datasets(config)
+    levels = lambda task: [p.level for p in datasets[task]["train"]]
+    assert levels("multiplication") == ["2x1"] * 30 + ["3x1"] * 70
+    assert levels("countdown") == ["3x9"] * 50 + ["3x20"] * 50
+    heldout = nb.heldout_keys(datasets)
+    assert not heldout & {nb.problem_key(p) for split in datasets.values() for p in split["train"]}
+    plain = nb.build_datasets(nb.make_config("cpu", train_prompts_per_task=100))
+    assert nb.heldout_keys(plain) == heldout, "a curriculum of evaluated levels leaves the held-out sets as they are"
+    assert plain["multiplication"]["train"] == [p for p in nb.build_datasets(nb.make_config(
+        "cpu", train_prompts_per_task=100, curriculum={"multiplication": [("3x1", 1.0)]}))["multiplication"]["train"]]
+
+
+def test_sequential_curriculum_gives_each_level_its_share_of_steps(nb):
+    config = nb.make_config("cpu-tiny", curriculum=CURRICULUM, train_steps=10, train_prompts_per_task=20)
+    problems = [p for split in nb.build_datasets(config).values() for p in split["train"]]
+    active = [nb.active_level(step, 10, CURRICULUM["multiplication"]) for step in range(1, 11)]
+    assert active == ["2x1"] * 3 + ["3x1"] * 7
+    for step in range(1, 11):
+        pool = nb.step_pool(step, problems, config)
+        assert {problems[i].level for i in pool} == {nb.active_level(step, 10, CURRICULUM["countdown"]),
+                                                     active[step - 1]}
+        assert pool == nb.step_pool(step, problems, config), "a pure function of the step"
+    mixed = nb.dataclasses.replace(config, curriculum_schedule="mixed")
+    assert nb.step_pool(1, problems, mixed) == list(range(len(problems))) == nb.step_pool(9, problems, mixed)
+
+
+@pytest.mark.parametrize("curriculum, message", [
+    ({"multiplication": [("2x1", 0.3), ("3x1", 0.6)]}, "sum to 0.9"),
+    ({"multiplication": [("2x1", 0.5), ("2x1", 0.5)]}, "twice"),
+    ({"multiplication": [("3x3", 1.0)]}, "level"),
+    ({"multiplication": [("4x4", 1.0)]}, "level"),
+    ({"multiplication": [("2x1", -0.5), ("3x1", 1.5)]}, "share"),
+    ({"sorting": [("2x1", 1.0)]}, "sorting"),
+    ({"multiplication": []}, "empty"),
+])
+def test_bad_curricula_name_the_field(nb, curriculum, message):
+    with pytest.raises(ValueError, match=rf"Config\.curriculum.*{message}|{message}.*Config\.curriculum"):
+        nb.make_config("cpu", curriculum=curriculum)
+    with pytest.raises(ValueError, match="curriculum_schedule"):
+        nb.make_config("cpu", curriculum_schedule="interleaved")
 
 
 class TinyTraining:

@@ -9,6 +9,7 @@ import pytest
 from notebook_runs import kill_after_steps, papermill_command, run_checked
 
 TRAIN_STEPS = 8
+REFRESH_EVERY = 3  # the reference is refreshed at steps 3 and 6, so the killed run below resumes past a refresh
 METRIC_KEYS = {"step", "reward", "accuracy", "loss", "advantage", "kl", "entropy", "response_tokens", "step_seconds",
                "tokens_per_second", "peak_memory_mb", "grad_norm", "lr"}
 
@@ -18,7 +19,8 @@ def finished_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     executed = str(root / "executed.ipynb")
     started = time.time()
-    run_checked(papermill_command(executed, str(root / "results"), str(root / "cache"), TRAIN_STEPS))
+    run_checked(papermill_command(executed, str(root / "results"), str(root / "cache"), TRAIN_STEPS,
+                                  reference_refresh_every=REFRESH_EVERY))
     return {"root": root, "run_dir": root / "results" / "tiny", "executed": executed, "seconds": time.time() - started}
 
 
@@ -34,6 +36,7 @@ def test_metrics_are_complete_and_finite(finished_run):
     lines = (finished_run["run_dir"] / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert [r["step"] for r in records] == list(range(1, TRAIN_STEPS + 1))
+    assert [r["step"] for r in records if "refresh_seconds" in r] == [3, 6]
     for record in records:
         assert METRIC_KEYS <= record.keys()
         assert all(math.isfinite(v) for v in record.values() if isinstance(v, float))
@@ -49,7 +52,10 @@ def test_summary_plots_and_model_are_well_formed(finished_run):
     run_dir = finished_run["run_dir"]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["config"]["preset"] == "cpu-tiny" and summary["seed"] == 0 and summary["steps"] == TRAIN_STEPS
-    assert set(summary["stage_seconds"]) == {"stage0_build", "base_eval", "stage1_vstar", "stage2_train"}
+    assert set(summary["stage_seconds"]) == {"stage0_build", "base_eval", "stage1_vstar", "stage2_train",
+                                             "reference_refresh"}
+    assert summary["reference_refreshes"] == [3, 6] and summary["stage_seconds"]["reference_refresh"] > 0
+    assert sorted(p.name for p in run_dir.glob("reference-step*")) == ["reference-step6"], "older ones pruned"
     peaks = summary["stage_peak_memory_mb"]
     assert list(peaks) == ["stage0_build", "base_eval", "stage1_vstar", "stage2_train", "final_eval"]
     assert all(peak > 0 for peak in peaks.values()) and summary["peak_memory_mb"] == max(peaks.values())
@@ -71,10 +77,15 @@ def test_killed_run_resumes_without_lost_or_repeated_steps(finished_run):
     root = finished_run["root"]
     output_dir, executed = str(root / "killed"), str(root / "killed.ipynb")
     metrics = root / "killed" / "tiny" / "metrics.jsonl"
-    command = papermill_command(executed, output_dir, str(root / "cache"), TRAIN_STEPS)  # stage 0, V* from the cache
-    steps_before = kill_after_steps(command, metrics, 3)
-    assert 3 <= steps_before < TRAIN_STEPS, "the kill should land mid-way through training"
-    assert (root / "killed" / "tiny" / "checkpoint.pt").exists()
+    command = papermill_command(executed, output_dir, str(root / "cache"), TRAIN_STEPS,  # stage 0, V* from the cache
+                                reference_refresh_every=REFRESH_EVERY)
+    steps_before = kill_after_steps(command, metrics, 5)
+    assert 5 <= steps_before < TRAIN_STEPS, "the kill should land after the first refresh, before the end"
+    import torch
+    checkpoint = torch.load(root / "killed" / "tiny" / "checkpoint.pt", weights_only=False, mmap=True)
+    latest_refresh = checkpoint["step"] // REFRESH_EVERY * REFRESH_EVERY
+    assert checkpoint["step"] >= 4 and checkpoint["reference"]["dir"] == f"reference-step{latest_refresh}"
+    assert len(checkpoint["reference"]["vstar"]) == 32  # V* of the refreshed reference, one per training prompt
 
     run_checked(command)
     notebook = nbformat.read(executed, as_version=4)

@@ -25,13 +25,14 @@ import modal_app  # noqa: E402
 NOTEBOOK = pathlib.Path(os.environ.get("TINYZERO_TEST_NOTEBOOK", modal_app.NOTEBOOK))
 WORLD_SIZE = 2
 FAST_OVERRIDES = dict(max_new_tokens=16, test_prompts_per_task=4, eval_prompts_per_task=4,
-                      multiplication_eval_levels=["3x1"], num_ref_samples=2, pass_k=1)
+                      multiplication_eval_levels=["2x1", "3x1"], num_ref_samples=2, pass_k=1,
+                      reference_refresh_every=2, curriculum={"multiplication": [["2x1", 0.5], ["3x1", 0.5]]})
 FAST_TASKS = ["multiplication"]
 # What a finished multi-GPU run folder holds: the notebook's outputs (written by rank 0 only) and
 # the launcher's prepared notebook, exported script and log. Anything else came from somewhere else.
 EXPECTED_RUN_FILES = {"base_eval.json", "checkpoint.pt", "metrics.jsonl", "summary.json", "training_curves.png",
-                      "vstar_histogram.png", "final_model", modal_app.PREPARED_NOTEBOOK, modal_app.TORCHRUN_SCRIPT,
-                      modal_app.TORCHRUN_LOG}
+                      "vstar_histogram.png", "final_model", "reference-step2", modal_app.PREPARED_NOTEBOOK,
+                      modal_app.TORCHRUN_SCRIPT, modal_app.TORCHRUN_LOG}
 
 
 def tensor_digest(tensors: dict) -> str:
@@ -115,16 +116,20 @@ def rank_logs(debug: pathlib.Path) -> list[list[dict]]:
 
 def test_ranks_trained_on_different_prompts(torchrun_run, nb):
     _, _, debug, result = torchrun_run
-    config = result["summary"]["config"]
-    count = config["train_prompts_per_task"] * len(config["tasks"])
+    config = nb.Config(**result["summary"]["config"])
+    problems = [p for split in nb.build_datasets(config).values() for p in split["train"]]
+    levels = []
     for rank0, rank1 in zip(*rank_logs(debug)):
         step = rank0["step"]
         assert not set(rank0["indices"]) & set(rank1["indices"]), f"step {step}: ranks shared prompts"
-        whole = nb.step_prompt_indices(step, count, config["prompts_per_step"], config["seed"])
+        pool = nb.step_pool(step, problems, config)  # the sequential curriculum's active level
+        whole = [pool[i] for i in nb.step_prompt_indices(step, len(pool), config.prompts_per_step, config.seed)]
         assert sorted(rank0["indices"] + rank1["indices"]) == sorted(whole), f"step {step}: prompts lost"
         for rank, record in enumerate((rank0, rank1)):
-            assert record["indices"] == nb.step_prompt_indices(step, count, config["prompts_per_step"],
-                                                               config["seed"], rank, WORLD_SIZE)
+            assert record["indices"] == [pool[i] for i in nb.step_prompt_indices(
+                step, len(pool), config.prompts_per_step, config.seed, rank, WORLD_SIZE)]
+        levels.append({problems[i].level for i in rank0["indices"] + rank1["indices"]})
+    assert levels == [{"2x1"}, {"2x1"}, {"3x1"}, {"3x1"}], "two steps of each curriculum level, in order"
 
 
 def test_parameters_stay_identical_across_ranks(torchrun_run):
@@ -137,7 +142,11 @@ def test_parameters_stay_identical_across_ranks(torchrun_run):
         assert rank0["shard"] != rank1["shard"], f"step {step}: the policy is not sharded across ranks"
     policies = [r["policy"] for r in logs[0]]
     assert len(set(policies)) == len(policies), "the policy must change at every step"
-    assert len({r["reference"] for r in logs[0]}) == 1, "the reference policy must stay frozen"
+    references = [r["reference"] for r in logs[0]]
+    assert references[0] == references[1] != references[2] == references[3], "frozen, except at the refresh"
+    from transformers import AutoModelForCausalLM
+    refreshed = AutoModelForCausalLM.from_pretrained(run_dir / "reference-step2")  # saved by the refresh after step 2
+    assert tensor_digest(dict(refreshed.named_parameters())) == references[2], "every rank loaded the saved policy"
     checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert checkpoint["step"] == 4
     assert tensor_digest(checkpoint["model"]) == policies[-1], "rank 0 checkpointed another model than the ranks hold"
