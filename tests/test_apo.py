@@ -108,13 +108,14 @@ CURRICULUM = {"multiplication": [("2x1", 0.3), ("3x1", 0.7)], "countdown": [("3x
 
 def test_curriculum_splits_training_prompts_by_share_and_keeps_held_out_apart(nb):
     config = nb.make_config("cpu", curriculum=CURRICULUM, train_prompts_per_task=100)
+    assert nb.make_config("cpu").curriculum == nb.make_config("cpu", curriculum=CURRICULUM).curriculum  # the default
     datasets = nb.build_datasets(config)
     levels = lambda task: [p.level for p in datasets[task]["train"]]
     assert levels("multiplication") == ["2x1"] * 30 + ["3x1"] * 70
     assert levels("countdown") == ["3x9"] * 50 + ["3x20"] * 50
     heldout = nb.heldout_keys(datasets)
     assert not heldout & {nb.problem_key(p) for split in datasets.values() for p in split["train"]}
-    plain = nb.build_datasets(nb.make_config("cpu", train_prompts_per_task=100))
+    plain = nb.build_datasets(nb.make_config("cpu", train_prompts_per_task=100, curriculum={}))
     assert nb.heldout_keys(plain) == heldout, "a curriculum of evaluated levels leaves the held-out sets as they are"
     assert plain["multiplication"]["train"] == [p for p in nb.build_datasets(nb.make_config(
         "cpu", train_prompts_per_task=100, curriculum={"multiplication": [("3x1", 1.0)]}))["multiplication"]["train"]]

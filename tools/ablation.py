@@ -7,8 +7,8 @@ greedy accuracy by step (`results/ablation/accuracy_by_step.png`).
     .venv/bin/python tools/ablation.py --seeds 0 1 2              # runs what is missing, then reports
     .venv/bin/python tools/ablation.py --seeds 0 1 2 --report-only
 
-The plain A*PO runs are the reference runs `results/cpu-seed<N>/` (README's first command, `-p seed N`);
-the others go to `results/ablation/<setting>-seed<N>/`. A run folder that holds a summary.json is kept.
+Every run goes to `results/ablation/<setting>-seed<N>/`; a run folder that holds a summary.json is kept. The
+settings spell out their curriculum, so they mean the same whatever the `cpu` preset's defaults are.
 """
 import argparse
 import json
@@ -21,9 +21,9 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CURRICULUM = {"multiplication": [["2x1", 0.3], ["3x1", 0.7]], "countdown": [["3x9", 0.5], ["3x20", 0.5]]}
 SETTINGS = {  # name: (Config overrides, what it is)
-    "apo": ({}, "A*PO as in the paper (the cpu preset)"),
+    "apo": ({"curriculum": {}}, "A*PO as in the paper (the cpu preset without its curriculum)"),
     "refresh": ({"reference_refresh_every": 25}, "+ reference refresh every 25 steps"),
-    "curriculum": ({"curriculum": CURRICULUM, "curriculum_schedule": "mixed"},
+    "curriculum": ({"curriculum": CURRICULUM, "curriculum_schedule": "mixed"},  # the cpu preset's own
                    "+ mixed curriculum: multiplication 2x1 0.3 / 3x1 0.7, countdown 3x9 0.5 / 3x20 0.5"),
     "both": ({"reference_refresh_every": 25, "curriculum": CURRICULUM, "curriculum_schedule": "mixed"},
              "+ refresh and curriculum"),
@@ -33,7 +33,7 @@ LEVELS = (("countdown", "3x9"), ("countdown", "3x20"), ("multiplication", "2x1")
 
 
 def run_dir(setting: str, seed: int) -> pathlib.Path:
-    return ROOT / "results" / (f"cpu-seed{seed}" if setting == "apo" else f"ablation/{setting}-seed{seed}")
+    return ROOT / "results" / "ablation" / f"{setting}-seed{seed}"
 
 
 def run(setting: str, seed: int) -> None:
@@ -83,22 +83,37 @@ def markdown(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: pathlib.Path) -> None:
-    """Held-out greedy accuracy by step, one panel per task, one colour per setting, one line per seed."""
+    """Held-out greedy accuracy by step at the training level of each task (one colour per setting, one line per
+    seed), and the final greedy accuracy at every level (mean over seeds, each seed a dot)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4))
-    for axis, task in zip(axes, ("countdown", "multiplication")):
+    figure, axes = plt.subplots(1, 3, figsize=(17, 4.2), gridspec_kw={"width_ratios": [1, 1, 1.4]})
+    for axis, (task, level) in zip(axes, (("countdown", "3x9"), ("multiplication", "3x1"))):
         for index, setting in enumerate(SETTINGS):
             for r in (r for r in rows if r["setting"] == setting):
                 records = [json.loads(line) for line in (run_dir(setting, r["seed"]) / "metrics.jsonl").read_text().splitlines()]
                 points = [(x["step"], x[f"eval_greedy_accuracy/{task}"]) for x in records if f"eval_greedy_accuracy/{task}" in x]
-                axis.plot([0] + [s for s, _ in points], [r["base"][f"{task}/{'3x9' if task == 'countdown' else '3x1'}"]]
-                          + [a for _, a in points], color=f"C{index}", alpha=0.8, marker=".",
-                          label=setting if r["seed"] == rows[0]["seed"] else None)
-        axis.set(title=f"{task} ({'3x9' if task == 'countdown' else '3x1'}), greedy, held-out", xlabel="step",
-                 ylabel="accuracy", ylim=(0, 1))
+                axis.plot([0] + [s for s, _ in points], [r["base"][f"{task}/{level}"]] + [a for _, a in points],
+                          color=f"C{index}", alpha=0.7, marker=".", label=setting if r["seed"] == rows[0]["seed"] else None)
+        axis.set(title=f"{task} {level}: greedy, held-out, during training", xlabel="step", ylabel="accuracy", ylim=(0, 1))
         axis.legend(fontsize=8)
+    axis, width = axes[2], 0.8 / (len(SETTINGS) + 1)
+    names = [f"{t}/{l}" for t, l in LEVELS]
+    axis.bar([i - 0.4 + width / 2 for i in range(len(names))], [rows[0]["base"][n] for n in names], width,
+             color="lightgrey", label="base model")
+    for index, setting in enumerate(SETTINGS):
+        mine = [r for r in rows if r["setting"] == setting]
+        if not mine:
+            continue
+        x = [i - 0.4 + width * (index + 1.5) for i in range(len(names))]
+        axis.bar(x, [sum(r["trained"][n] for r in mine) / len(mine) for n in names], width, color=f"C{index}",
+                 label=setting)
+        for r in mine:
+            axis.plot(x, [r["trained"][n] for n in names], "k.", markersize=3)
+    axis.set_xticks(range(len(names)), [n.replace("/", "\n") for n in names], fontsize=8)
+    axis.set(title="after training: greedy, held-out, every level (dots: seeds)", ylim=(0, 1))
+    axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
