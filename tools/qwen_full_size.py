@@ -99,7 +99,7 @@ def build_model_folder(nb, shape: str, folder: pathlib.Path, dtype: torch.dtype)
             "saved_dtype": str(dtype).removeprefix("torch."), "seconds": round(time.time() - started, 1)}
 
 
-def run_notebook(out: pathlib.Path, executed: pathlib.Path, preset: str, overrides: dict, train_steps: int) -> dict:
+def run_notebook(nb, out: pathlib.Path, executed: pathlib.Path, preset: str, overrides: dict, train_steps: int) -> dict:
     """The notebook through papermill with `preset`, `overrides` and `train_steps`; returns wall time and the
     run's summary.json."""
     import yaml
@@ -112,13 +112,9 @@ def run_notebook(out: pathlib.Path, executed: pathlib.Path, preset: str, overrid
     summary = json.loads((out / "runs" / "full-size" / "summary.json").read_text())
     return {"wall_seconds": round(time.time() - started, 1), "stage_seconds": summary["stage_seconds"],
             "stage_peak_memory_mb": summary["stage_peak_memory_mb"], "steps": summary["steps"],
-            "step_seconds": [r["step_seconds"] for r in read_jsonl(out / "runs" / "full-size" / "metrics.jsonl")],
+            "step_seconds": [r["step_seconds"] for r in nb.read_metrics(str(out / "runs" / "full-size" / "metrics.jsonl"))],
             "device": summary["device"], "dtype": summary["config"]["dtype"],
             "gradient_checkpointing": summary["config"]["gradient_checkpointing"]}
-
-
-def read_jsonl(path: pathlib.Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def resident_bytes() -> int:
@@ -238,8 +234,8 @@ def main() -> None:
     if fits or args.force:
         overrides = dict(RUN_OVERRIDES, model_name=str(folder), cache_dir=str(work / "cache"),
                          dtype="bfloat16" if bf16 else "float32")
-        report["first_run"] = run_notebook(work, work / "executed-1.ipynb", preset, overrides, train_steps=1)
-        report["resumed_run"] = run_notebook(work, work / "executed-2.ipynb", preset, overrides, train_steps=2)
+        report["first_run"] = run_notebook(nb, work, work / "executed-1.ipynb", preset, overrides, train_steps=1)
+        report["resumed_run"] = run_notebook(nb, work, work / "executed-2.ipynb", preset, overrides, train_steps=2)
         resumed = json.loads((work / "executed-2.ipynb").read_text())
         printed = "".join("".join(o.get("text", "")) for c in resumed["cells"] for o in c.get("outputs", []))
         report["resumed_run"]["resumed_from_checkpoint"] = "resuming from step 1" in printed
