@@ -152,7 +152,7 @@ def test_bad_curricula_name_the_field(nb, curriculum, message):
 
 
 class TinyTraining:
-    """A tiny FSDP-wrapped policy, its reference and data, ready for `train_apo` in `run_dir`."""
+    """A tiny FSDP-wrapped policy, its reference and data, ready for `train_stage2` in `run_dir`."""
 
     def __init__(self, nb, run_dir):
         self.nb, self.run_dir, self.device = nb, str(run_dir), torch.device("cpu")
@@ -166,7 +166,7 @@ class TinyTraining:
 
     def train(self, **overrides):
         config = self.nb.make_config("cpu-tiny", checkpoint_every=1, eval_every=0, **overrides)
-        return self.nb.train_apo(self.policy, self.reference, self.tokenizer, self.optimizer, self.problems,
+        return self.nb.train_stage2(self.policy, self.reference, self.tokenizer, self.optimizer, self.problems,
                                  [0.5] * len(self.problems), {}, config, self.device, self.run_dir, world_size=1)
 
 
@@ -187,6 +187,18 @@ def test_resume_refuses_a_checkpoint_written_under_other_settings(nb, tmp_path):
     run.train(train_steps=1)
     with pytest.raises(ValueError, match=r"\['learning_rate'\].*another run_name"):
         run.train(train_steps=2, learning_rate=1.0)
+
+
+def one_sgd_step(nb, models, problems, vstar, config, micro_batch_size):
+    """One stage 2 step from fresh `models()` (policy, tokenizer, reference) with SGD, which unlike Adam moves by
+    the gradient's scale: the step's record and the parameters after it."""
+    policy, tokenizer, reference = models()
+    optimizer = torch.optim.SGD(policy.parameters(), lr=1.0)
+    torch.manual_seed(0)
+    record = nb.stage2_step(policy, reference, tokenizer, problems, vstar, optimizer,
+                            dataclasses.replace(config, micro_batch_size=micro_batch_size), torch.device("cpu"),
+                            step=1, world_size=1)
+    return record, [p.detach().clone() for p in policy.parameters()]
 
 
 def test_micro_batches_change_neither_loss_nor_gradient(nb):
@@ -214,17 +226,8 @@ def test_micro_batches_change_neither_loss_nor_gradient(nb):
                                     torch.tensor(nb.score(problems, rollouts.texts, 1, config.format_score)),
                                     torch.tensor(vstar), config.beta2).item()
 
-    def one_step(micro_batch_size):
-        policy, tokenizer, reference = models()
-        optimizer = torch.optim.SGD(policy.parameters(), lr=1.0)
-        torch.manual_seed(0)
-        record = nb.apo_step(policy, reference, tokenizer, problems, vstar, optimizer,
-                             dataclasses.replace(config, micro_batch_size=micro_batch_size), torch.device("cpu"),
-                             step=1, world_size=1)
-        return record, [p.detach().clone() for p in policy.parameters()]
-
-    whole, whole_parameters = one_step(8)
-    grouped, grouped_parameters = one_step(2)
+    whole, whole_parameters = one_sgd_step(nb, models, problems, vstar, config, micro_batch_size=8)
+    grouped, grouped_parameters = one_sgd_step(nb, models, problems, vstar, config, micro_batch_size=2)
     assert whole["loss"] == pytest.approx(expected_loss, rel=1e-5)
     assert grouped["loss"] == pytest.approx(expected_loss, rel=1e-5)
     for a, b in zip(whole_parameters, grouped_parameters):

@@ -42,6 +42,14 @@ def test_qwen_presets_use_paper_defaults(nb):
     ({"stage0_seed": -1}, "stage0_seed"),
     ({"stage0_seed": 1.5}, "stage0_seed"),
     ({"report_to": ["tensorboard", "mlflow"]}, "report_to"),
+    ({"algorithm": "ppo"}, "algorithm"),
+    ({"algorithm": "grpo", "num_generations": 1}, "num_generations"),
+    ({"algorithm": "grpo", "reference_refresh_every": 10}, "reference_refresh_every"),
+    ({"algorithm": "grpo", "drop_all_failed": True}, "drop_all_failed"),
+    ({"algorithm": "grpo", "num_generations": 3, "prompts_per_step": 8, "micro_batch_size": 16}, "prompts_per_step"),
+    ({"grpo_epsilon": 0.0}, "grpo_epsilon"),
+    ({"grpo_beta": -0.1}, "grpo_beta"),
+    ({"grpo_scale_rewards": "yes"}, "grpo_scale_rewards"),
 ])
 def test_bad_values_name_the_field(nb, overrides, field):
     with pytest.raises(ValueError, match=rf"Config\.{field}\b"):
