@@ -145,10 +145,15 @@ def trl_curve(path: pathlib.Path, base: dict) -> dict:
             "unmatched": run["unmatched"], "settings": run["settings"]}
 
 
+def meets_target(accuracy: dict, base: dict) -> bool:
+    """Every task at its base accuracy + TARGET_GAIN or above."""
+    return all(accuracy[t] >= base[t] + TARGET_GAIN - 1e-9 for t in base)
+
+
 def time_to_target(curve: dict, key: str = "seconds") -> float | None:
     """The clock (or sampled tokens) at the first evaluation with every task at base + TARGET_GAIN; None if never."""
     for point in curve["points"][1:]:
-        if all(point["accuracy"][t] >= curve["base"][t] + TARGET_GAIN - 1e-9 for t in curve["base"]):
+        if meets_target(point["accuracy"], curve["base"]):
             return point[key]
     return None
 
@@ -297,8 +302,7 @@ def run_sweep(size: dict, out: pathlib.Path, cache: pathlib.Path) -> list[dict]:
                      "prompts_per_step": overrides.get("prompts_per_step", curve["responses_per_step"]),
                      "num_generations": overrides.get("num_generations"), "time_to_target": time_to_target(curve),
                      "seconds_per_step": curve["seconds_per_step"], "stage1_seconds": curve["stage1_seconds"],
-                     "end": end, "holds_target": all(end["accuracy"][t] >= curve["base"][t] + TARGET_GAIN - 1e-9
-                                                     for t in curve["base"])})
+                     "end": end, "holds_target": meets_target(end["accuracy"], curve["base"])})
     return rows
 
 
