@@ -202,15 +202,6 @@ class Measurements(TrainerCallback):
             self.steps[-1]["response_tokens"] = logs["completions/mean_length"]
 
 
-def eval_problem_sets(splits: dict, config, task_level) -> dict:
-    """The notebook's periodic held-out sets: each task's test problems, plus each other curriculum level's."""
-    sets = {task: splits[task]["test"][:config.eval_prompts_per_task] for task in config.tasks}
-    sets.update({f"{task}/{level}": splits[task]["by_level"][level][:config.eval_prompts_per_task]
-                 for task, levels in config.curriculum.items() for level, _ in levels
-                 if level != task_level(config, task)})
-    return sets
-
-
 def run(trainer_name: str, preset: str, seed: int, cache_dir: str, overrides: dict, num_generations: int) -> dict:
     """Train with TRL on the notebook's setup; return the measurements."""
     started = time.perf_counter()
@@ -219,7 +210,7 @@ def run(trainer_name: str, preset: str, seed: int, cache_dir: str, overrides: di
     if unsupported:
         raise ValueError(f"TRL has no counterpart for these notebook settings: {unsupported}")
     train_problems = [p for task in config.tasks for p in splits[task]["train"]]  # the notebook's training prompts
-    measurements = Measurements(nb.greedy_accuracy, tokenizer, eval_problem_sets(splits, config, nb.task_level), config)
+    measurements = Measurements(nb.greedy_accuracy, tokenizer, nb.periodic_eval_problems(splits, config), config)
     trainer_class = A2POTrainer if trainer_name == "a2po" else GRPOTrainer
     with tempfile.TemporaryDirectory() as output_dir:
         trainer = trainer_class(model=model, reward_funcs=make_reward_function(nb.reward_for, train_problems,

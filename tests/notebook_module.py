@@ -43,5 +43,6 @@ def load_notebook_module(notebook_path: pathlib.Path = NOTEBOOK_PATH) -> types.M
     module.__file__ = str(notebook_path)
     import sys
     sys.modules[module.__name__] = module  # dataclasses and pickling look the module up by name
-    exec(compile(definition_source(notebook_path), str(notebook_path), "exec"), module.__dict__)
+    # dont_inherit: compiled as the notebook kernel compiles it, without this file's __future__ imports
+    exec(compile(definition_source(notebook_path), str(notebook_path), "exec", dont_inherit=True), module.__dict__)
     return module

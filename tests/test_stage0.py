@@ -138,8 +138,9 @@ def test_base_model_saves_and_loads_through_from_pretrained(nb, tmp_path):
         again = nb.load_causal_lm(path, config, torch.device("cpu"))
         assert torch.equal(model(**ids).logits, again(**ids).logits)
     changed = nb.make_config("cpu-tiny", cache_dir=str(tmp_path), base_pretrain_steps=4)
-    assert nb.base_model_path(changed) != path
-    assert nb.base_model_path(nb.make_config("cpu-tiny", cache_dir=str(tmp_path), stage0_seed=1)) != path
+    assert nb.base_model_path(changed, heldout) != path
+    assert nb.base_model_path(nb.make_config("cpu-tiny", cache_dir=str(tmp_path), stage0_seed=1), heldout) != path
+    assert nb.base_model_path(config, heldout - {next(iter(heldout))}) != path, "the held-out set shapes the corpus"
 
 
 def test_stage0_seed_decides_the_corpus(nb):

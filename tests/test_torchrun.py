@@ -24,9 +24,15 @@ import modal_app  # noqa: E402
 
 NOTEBOOK = pathlib.Path(os.environ.get("TINYZERO_TEST_NOTEBOOK", modal_app.NOTEBOOK))
 WORLD_SIZE = 2
+# A rank that waits in a collective for more than TIMEOUT_SECONDS fails the run. Each rank's evaluation is made to
+# last EVAL_SECONDS longer than that (TINYZERO_DEBUG_EVAL_SECONDS): the run passes only if every rank evaluates
+# its share at the same time, and none waits in a collective while another evaluates alone (as rank 1 did while
+# rank 0 evaluated the base model, which NCCL's watchdog ends after 10 minutes).
+TIMEOUT_SECONDS, EVAL_SECONDS = 8, 12
 FAST_OVERRIDES = dict(max_new_tokens=16, test_prompts_per_task=4, eval_prompts_per_task=4,
                       multiplication_eval_levels=["2x1", "3x1"], num_ref_samples=2, pass_k=1,
-                      reference_refresh_every=2, curriculum={"multiplication": [["2x1", 0.5], ["3x1", 0.5]]})
+                      reference_refresh_every=2, curriculum={"multiplication": [["2x1", 0.5], ["3x1", 0.5]]},
+                      distributed_timeout_minutes=TIMEOUT_SECONDS / 60)
 FAST_TASKS = ["multiplication"]
 # What a finished multi-GPU run folder holds: the notebook's outputs (written by rank 0 only) and
 # the launcher's prepared notebook, exported script and log. Anything else came from somewhere else.
@@ -62,8 +68,9 @@ def torchrun_run(tmp_path_factory):
     """One finished two-process cpu-tiny run (module-scoped: it takes a while)."""
     base = tmp_path_factory.mktemp("torchrun")
     debug = base / "rank_log"
-    saved = {key: os.environ.get(key) for key in ("TINYZERO_DEBUG_RANK_LOG", "OMP_NUM_THREADS")}
-    os.environ.update(TINYZERO_DEBUG_RANK_LOG=str(debug), OMP_NUM_THREADS="1")
+    saved = {key: os.environ.get(key) for key in ("TINYZERO_DEBUG_RANK_LOG", "OMP_NUM_THREADS",
+                                                  "TINYZERO_DEBUG_EVAL_SECONDS")}
+    os.environ.update(TINYZERO_DEBUG_RANK_LOG=str(debug), OMP_NUM_THREADS="1", TINYZERO_DEBUG_EVAL_SECONDS=str(EVAL_SECONDS))
     try:
         result = modal_app.run_notebook("cpu-tiny", seed=0, run_name="ddp", gpus=WORLD_SIZE,
                                         volume_root=str(base / "runs"), cache_dir=str(base / "cache"),

@@ -29,7 +29,7 @@ def transformers_generate(nb, model, tokenizer, prompts: list[str], config, samp
         encoded = tokenizer(prompts[start:start + batch], return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
             output = model.generate(**encoded, generation_config=settings)
-        responses += [nb.trim_at_eos(row, eos_ids, tokenizer.pad_token_id)
+        responses += [nb.trim_at_eos(row, eos_ids)
                       for row in output[:, encoded["input_ids"].shape[1]:].tolist()]
     return responses
 
