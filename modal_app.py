@@ -1,7 +1,8 @@
 """Run TinyZero_AstarPO.ipynb on Modal GPUs.
 
-    modal run modal_app.py --preset qwen2.5-3b --gpu H100 --steps 200
+    modal run modal_app.py --preset qwen2.5-0.5b --gpu H100 --steps 200
     modal run --detach modal_app.py --preset qwen2.5-3b --gpu H100 --gpus 2 --steps 200 --run-name qwen3b-2gpu
+    modal run modal_app.py --preset qwen2.5-3b --gpu H200 --steps 200          # 3B fits one 141 GB H200
 
 One GPU: papermill executes the notebook with the given parameters and saves the executed copy
 (outputs included) as `executed.ipynb` in the run folder, cell by cell as it goes. Several GPUs:
@@ -11,7 +12,8 @@ starts one process per GPU; the notebook's own code splits the work and only ran
 Everything a run writes lands on the Volume `tinyzero-astarpo-runs`, in `<run_name>/`. The Volume
 is committed every few minutes and when the function ends (also when it fails), so an interrupted
 run keeps its checkpoint. Modal retries a failed or preempted attempt, and the notebook resumes from
-`<run_name>/checkpoint.pt` by itself. Model weights (Hugging Face cache), stage 0 base models and V*
+`<run_name>/checkpoint.pt` by itself; an attempt that ran out of GPU memory is not retried (it would
+run out again), and the message says how to resume with a smaller `micro_batch_size`. Model weights (Hugging Face cache), stage 0 base models and V*
 estimates live on a second Volume, `tinyzero-astarpo-cache`, so they are computed or downloaded once.
 
 Importing this module only builds Modal objects; it needs neither a network nor a Modal token.
@@ -150,13 +152,22 @@ def notebook_parameters(preset: str, steps: int | None, seed: int, run_name: str
     return parameters
 
 
+MAGIC_CALLS = ("get_ipython().run_line_magic(", "get_ipython().run_cell_magic(", "get_ipython().system(",
+               "get_ipython().getoutput(")  # what nbconvert turns %magics, %%magics and !commands into
+
+
+def uses_magics(script: str) -> bool:
+    """True when an exported script calls IPython magics (which plain Python under torchrun cannot run)."""
+    return any(call in script for call in MAGIC_CALLS)
+
+
 def export_script(notebook_path: pathlib.Path, script_path: pathlib.Path) -> None:
     """Write the notebook's code cells as a plain Python script (nbconvert's Python exporter)."""
     import nbformat
     from nbconvert import PythonExporter
 
     source, _ = PythonExporter().from_notebook_node(nbformat.read(str(notebook_path), as_version=4))
-    if "get_ipython()" in source:
+    if uses_magics(source):
         raise RuntimeError(f"{notebook_path} uses IPython magics, which a torchrun script cannot run")
     script_path.write_text(source)
 
@@ -167,17 +178,33 @@ def run_torchrun(script_path: pathlib.Path, nproc: int, cwd: pathlib.Path, log_p
                str(script_path)]
     log(f"launching: {' '.join(command)}")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(log_path, "a") as log_file:
-        log_file.write(f"===== {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(command)}\n")
-        process = subprocess.Popen(command, cwd=str(cwd), env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, bufsize=1)
-        for line in process.stdout:
-            sys.stdout.write(line)
-            log_file.write(line)
-            log_file.flush()
-        returncode = process.wait()
+    append_to_log(log_path, f"===== {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(command)}\n")
+    process = subprocess.Popen(command, cwd=str(cwd), env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, bufsize=1)
+    for line in process.stdout:
+        sys.stdout.write(line)
+        append_to_log(log_path, line)  # opened and closed per line: a Volume commit never meets an open file
+    returncode = process.wait()
     if returncode:
         raise RuntimeError(f"torchrun exited with status {returncode}; see {log_path}")
+
+
+def append_to_log(log_path: pathlib.Path, text: str) -> None:
+    """Append `text` to the log, holding the file open only for the write."""
+    with open(log_path, "a") as log_file:
+        log_file.write(text)
+
+
+OUT_OF_MEMORY_MARKERS = ("OutOfMemoryError", "CUDA out of memory")
+
+
+def ran_out_of_memory(error: BaseException, run_dir: pathlib.Path) -> bool:
+    """True when the failed attempt ran out of GPU memory (said by the error, or by the torchrun log)."""
+    text = f"{type(error).__name__}: {error}"
+    log_path = run_dir / TORCHRUN_LOG
+    if log_path.exists():
+        text += log_path.read_text(errors="replace")[-20_000:]
+    return any(marker in text for marker in OUT_OF_MEMORY_MARKERS)
 
 
 def run_notebook(preset: str, steps: int | None = None, seed: int = 0, run_name: str | None = None, gpus: int = 1,
@@ -249,10 +276,17 @@ def run_notebook(preset: str, steps: int | None = None, seed: int = 0, run_name:
 # ----------------------------------------------------------------------------- Modal wiring
 
 
-def commit_volumes() -> None:
-    """Persist both Volumes (results and caches)."""
-    runs_volume.commit()
-    cache_volume.commit()
+def commit_volumes(volumes: dict | None = None) -> None:
+    """Persist both Volumes (results and caches), each in its own try, so that one failing commit does not skip
+    the other; then raise the failures, if any, together."""
+    failures = []
+    for name, volume in (volumes or {RUNS_VOLUME_NAME: runs_volume, CACHE_VOLUME_NAME: cache_volume}).items():
+        try:
+            volume.commit()
+        except Exception as error:
+            failures.append(f"{name}: {error!r}")
+    if failures:
+        raise RuntimeError("volume commit failed for " + "; ".join(failures))
 
 
 @app.function(gpu=DEFAULT_GPU, timeout=TIMEOUT_SECONDS, retries=RETRIES, cpu=CPU_CORES, memory=MEMORY_MIB,
@@ -260,10 +294,27 @@ def commit_volumes() -> None:
 def train(preset: str, steps: int | None = None, seed: int = 0, run_name: str | None = None, gpus: int = 1,
           tasks: list[str] | None = None, config_overrides: dict | None = None,
           report_to: list[str] | None = None) -> dict:
-    """One attempt at the run on Modal; a retry resumes it from the checkpoint on the Volume."""
-    return run_notebook(preset, steps=steps, seed=seed, run_name=run_name, gpus=gpus, volume_root=RUNS_ROOT,
-                        cache_dir=f"{CACHE_ROOT}/tinyzero", tasks=tasks, config_overrides=config_overrides,
-                        commit=commit_volumes, report_to=report_to)
+    """One attempt at the run on Modal; a retry resumes it from the checkpoint on the Volume. An attempt that ran out
+    of GPU memory returns its error instead of raising it, so that Modal does not retry what would fail again."""
+    return run_or_report_out_of_memory(preset, steps=steps, seed=seed, run_name=run_name, gpus=gpus,
+                                       volume_root=RUNS_ROOT, cache_dir=f"{CACHE_ROOT}/tinyzero", tasks=tasks,
+                                       config_overrides=config_overrides, commit=commit_volumes, report_to=report_to)
+
+
+def run_or_report_out_of_memory(preset: str, **options) -> dict:
+    """`run_notebook`, except that running out of GPU memory comes back as {"out_of_memory": message} (not retried)
+    instead of an exception (retried)."""
+    run_name = options.get("run_name") or default_run_name(preset, options.get("seed", 0))
+    try:
+        return run_notebook(preset, **{**options, "run_name": run_name})
+    except Exception as error:
+        if not ran_out_of_memory(error, pathlib.Path(options.get("volume_root", RUNS_ROOT)).resolve() / run_name):
+            raise
+        message = (f"run '{run_name}' ran out of GPU memory ({type(error).__name__}); not retried. Resume it from its "
+                   f"last checkpoint with a smaller micro_batch_size, e.g. --run-name {run_name} --overrides "
+                   f"'{{\"micro_batch_size\": 2}}', or use more or larger GPUs (docs/memory.md)")
+        log(message)
+        return {"run_name": run_name, "out_of_memory": message, "summary": None}
 
 
 def notebook_code_cell(marker: str, notebook_path: str | os.PathLike = NOTEBOOK) -> str | None:
@@ -379,6 +430,8 @@ def main(preset: str = "qwen2.5-0.5b", gpu: str = DEFAULT_GPU, gpus: int = 1, st
         preset, steps=steps, seed=seed, run_name=run_name, gpus=gpus,
         tasks=[t.strip() for t in tasks.split(",") if t.strip()] or None, config_overrides=config_overrides,
         report_to=trackers or None)
+    if result.get("out_of_memory"):
+        raise SystemExit(result["out_of_memory"])
     summary = result["summary"] or {}
     for key in ("steps", "stage_seconds", "peak_memory_mb", "greedy_accuracy_gain"):
         if key in summary:

@@ -64,8 +64,6 @@ UNMATCHED = [
     "is 1.0; with format_score 0.1 a prompt of only well-formed wrong answers is dropped by the notebook only",
     "reward: A2PO documents a binary reward in {0, 1}; the notebook's reward gives format_score (0.1) to a "
     "well-formed wrong answer, passed to TRL unchanged",
-    "GRPO log-probs: TRL scores tokens under logits / temperature, the notebook at temperature 1 (the same while "
-    "Config.temperature is 1.0, as in every preset)",
     "GRPO loss settings are TRL's defaults (beta=0, epsilon=0.2, scale_rewards='group', loss_type='dapo') and G comes "
     "from --num-generations; the notebook's own grpo_* Config fields are not read",
     "AdamW weight decay: the Trainer exempts biases and norm weights; the notebook decays every parameter (the same "

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "run_benchmarks.py"
+SMOKE_ARGUMENTS = ["--size", "cpu-tiny"]  # README's benchmark command at its smallest size (tests/test_readme.py)
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +67,7 @@ def test_compare_and_summary_give_ratios_per_seed(bench):
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    command = [sys.executable, str(SCRIPT), "--size", "cpu-tiny", "--out", str(out),
-               "--artifacts", str(out / "artifacts")]
+    command = [sys.executable, str(SCRIPT), *SMOKE_ARGUMENTS, "--out", str(out), "--artifacts", str(out / "artifacts")]
     if importlib.util.find_spec("trl") is None:
         command.append("--skip-trl")
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)

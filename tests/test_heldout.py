@@ -1,11 +1,15 @@
 """Held-out means unseen: no held-out problem, with its numbers in any order, is in stage 0's corpus or in a
 training set; and what each cache key and checkpoint guard is derived from."""
 import dataclasses
+import pathlib
 import random
-import re
+import sys
 
 import pytest
 import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tools"))
+from heldout_coverage import countdown_space, document_key, multiplication_space_size  # noqa: E402
 
 
 def test_the_key_ignores_the_order_of_the_numbers(nb):
@@ -16,15 +20,6 @@ def test_the_key_ignores_the_order_of_the_numbers(nb):
     product = nb.Problem("multiplication", "2x2", (12, 34), 408, "408")
     assert nb.problem_key(product) == nb.problem_key(nb.Problem("multiplication", "2x2", (34, 12), 408, "408"))
     assert nb.problem_key(product) != nb.problem_key(nb.Problem("countdown", "3x9", (12, 34), 408, "x"))
-
-
-def document_key(document: str) -> tuple:
-    """The problem key of a compact-template corpus document, read back from its text."""
-    prompt = document.split("<think>", 1)[0]
-    if match := re.search(r"make (\d+) from \[([\d, ]+)\]", prompt):
-        return ("countdown", tuple(sorted(int(n) for n in match.group(2).split(","))), int(match.group(1)))
-    a, b = map(int, re.search(r"(\d+)\*(\d+)=\?", prompt).groups())
-    return ("multiplication", tuple(sorted((a, b))), a * b)
 
 
 def test_the_cpu_default_corpus_and_training_sets_hold_no_held_out_problem(nb):
@@ -60,20 +55,17 @@ def test_reordered_held_out_puzzles_are_kept_out(nb):
 def test_puzzle_space_counts_match_a_brute_force_count(nb):
     """The level sizes README quotes: 3-number countdown puzzles counted from their reachable targets, checked
     here against drawing puzzles until no new one appears for a small level."""
-    import sys
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent / "tools"))
-    import heldout_coverage
     nb.COUNTDOWN_LEVELS["3x3"] = nb.CountdownLevel(3, 3, 10)
     try:
-        space = heldout_coverage.countdown_space(nb, "3x3")
+        space = countdown_space(nb, "3x3")
         rng, drawn = random.Random(0), set()
         for _ in range(20_000):
             drawn.add(nb.problem_key(nb.generate_countdown_problem(rng, "3x3")))
         assert space == drawn
     finally:
         del nb.COUNTDOWN_LEVELS["3x3"]
-    assert heldout_coverage.multiplication_space_size("2x1") == 90 * 9
-    assert heldout_coverage.multiplication_space_size("2x2") == 90 * 91 // 2
+    assert multiplication_space_size("2x1") == 90 * 9
+    assert multiplication_space_size("2x2") == 90 * 91 // 2
 
 
 # ---- what the base model's folder, V* and a resume are keyed by ----
@@ -211,3 +203,20 @@ def test_temperature_applies_to_the_loss_log_probabilities(nb):
         expected = torch.log_softmax(logits / 0.7, -1).gather(-1, torch.tensor([[8], [9], [1]])).sum()
         got = nb.response_logprobs(model, batch, temperature=0.7)[0]
     torch.testing.assert_close(got, expected.reshape(1), rtol=1e-5, atol=1e-5)
+
+
+def test_extending_a_finished_run_makes_the_refresh_its_last_step_skipped(nb, tmp_path):
+    """A run's last step makes no refresh; extended, the resumed run makes it, so it matches a longer run from the
+    start step for step."""
+    from test_apo import TinyTraining
+    settings = dict(reference_refresh_every=2, cache_dir=str(tmp_path / "cache"))
+    (tmp_path / "extended").mkdir()
+    (tmp_path / "fresh").mkdir()
+    extended = TinyTraining(nb, tmp_path / "extended")
+    assert "refresh_seconds" not in extended.train(train_steps=2, **settings)[-1]
+    records = extended.train(train_steps=4, **settings)
+    fresh = TinyTraining(nb, tmp_path / "fresh").train(train_steps=4, **settings)
+    assert [r["step"] for r in fresh if "refresh_seconds" in r] == [2]
+    assert (tmp_path / "extended" / "reference-step2").is_dir()
+    for a, b in zip(records, fresh):
+        assert a["reward"] == b["reward"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)

@@ -136,6 +136,84 @@ def test_periodic_committer_commits_periodically_and_on_failure():
     assert committer.commits == 0  # errors were reported, not raised
 
 
+class FakeVolume:
+    def __init__(self, fails: bool):
+        self.fails, self.commits = fails, 0
+
+    def commit(self):
+        if self.fails:
+            raise OSError("reload failed: open files")
+        self.commits += 1
+
+
+def test_each_volume_commits_in_its_own_try():
+    """A failing commit of the runs Volume does not skip the cache Volume's; the failure is still raised."""
+    runs, cache = FakeVolume(fails=True), FakeVolume(fails=False)
+    with pytest.raises(RuntimeError, match="runs: OSError"):
+        modal_app.commit_volumes({"runs": runs, "cache": cache})
+    assert cache.commits == 1
+    modal_app.commit_volumes({"runs": FakeVolume(False), "cache": cache})
+    assert cache.commits == 2
+
+
+def test_the_torchrun_log_is_open_only_while_a_line_is_written(tmp_path):
+    """A Volume commit (which also reloads, and fails on open files) never meets the log held open."""
+    script = tmp_path / "script.py"
+    script.write_text("import time\nfor i in range(3):\n    print('line', i, flush=True)\n    time.sleep(0.5)\n")
+    log_path = tmp_path / modal_app.TORCHRUN_LOG
+    open_while_running = []
+
+    def watch():
+        while not done.is_set():
+            open_while_running.append(any(os.path.realpath(f"/proc/self/fd/{fd}") == str(log_path)
+                                          for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}")))
+            time.sleep(0.05)
+
+    done = threading.Event()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        modal_app.run_torchrun(script, 1, tmp_path, log_path)
+    finally:
+        done.set()
+        watcher.join()
+    assert "line 2" in log_path.read_text() and len(open_while_running) > 10
+    assert sum(open_while_running) <= 2, "the log stayed open between lines"
+
+
+def test_out_of_memory_is_reported_not_retried(tmp_path, monkeypatch):
+    """An attempt that ran out of GPU memory returns its message (Modal retries only what raises); other failures
+    still raise."""
+    def out_of_memory(preset, **options):
+        raise RuntimeError("OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(modal_app, "run_notebook", out_of_memory)
+    result = modal_app.run_or_report_out_of_memory("qwen2.5-3b", run_name="q3", volume_root=str(tmp_path))
+    assert "micro_batch_size" in result["out_of_memory"] and "--run-name q3" in result["out_of_memory"]
+
+    def from_the_log(preset, **options):
+        (tmp_path / "q3" / modal_app.TORCHRUN_LOG).write_text("torch.OutOfMemoryError: CUDA out of memory\n")
+        raise RuntimeError("torchrun exited with status 1")
+
+    (tmp_path / "q3").mkdir()
+    monkeypatch.setattr(modal_app, "run_notebook", from_the_log)
+    assert modal_app.run_or_report_out_of_memory("qwen2.5-3b", run_name="q3", volume_root=str(tmp_path))["out_of_memory"]
+    (tmp_path / "q3" / modal_app.TORCHRUN_LOG).unlink()
+
+    def other(preset, **options):
+        raise RuntimeError("torchrun exited with status 1")
+
+    monkeypatch.setattr(modal_app, "run_notebook", other)
+    with pytest.raises(RuntimeError, match="status 1"):
+        modal_app.run_or_report_out_of_memory("qwen2.5-3b", run_name="q3", volume_root=str(tmp_path))
+
+
+def test_magics_are_found_in_an_exported_script():
+    assert modal_app.uses_magics("x = 1\nget_ipython().run_line_magic('time', 'x')\n")
+    assert modal_app.uses_magics("get_ipython().system('ls')\n")
+    assert not modal_app.uses_magics("shell = IPython.get_ipython()\n")  # asking for the shell is no magic
+
+
 def test_bad_arguments_fail_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="gpus"):
         modal_app.run_notebook("cpu-tiny", gpus=0, volume_root=str(tmp_path))

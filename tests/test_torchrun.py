@@ -99,7 +99,7 @@ def test_only_rank_zero_writes_results(torchrun_run):
     assert steps == list(range(1, len(steps) + 1)) and len(steps) == 4, "each step logged exactly once"
     summary = result["summary"]
     assert summary["world_size"] == WORLD_SIZE and summary["steps"] == 4
-    assert (run_dir / modal_app.TORCHRUN_SCRIPT).read_text().count("get_ipython()") == 0
+    assert not modal_app.uses_magics((run_dir / modal_app.TORCHRUN_SCRIPT).read_text())
 
 
 def test_only_rank_zero_prints(torchrun_run):

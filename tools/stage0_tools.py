@@ -1,5 +1,6 @@
 """What the tools share: the notebook's definitions, their common options, and the cached stage 0 model."""
 import argparse
+import contextlib
 import pathlib
 import sys
 
@@ -25,6 +26,7 @@ def load_base_model(preset: str, cache_dir: str, **overrides):
     nb = load_notebook_module()
     config = nb.make_config(preset, **overrides, cache_dir=cache_dir)
     datasets = nb.build_datasets(config)
-    path = nb.ensure_base_model(config, nb.heldout_keys(datasets))
+    with contextlib.redirect_stdout(sys.stderr):  # a build's messages: the tools print their reports on stdout
+        path = nb.ensure_base_model(config, nb.heldout_keys(datasets))
     tokenizer, model = nb.load_tokenizer(path), nb.load_causal_lm(path, config, torch.device("cpu"))
     return nb, config, datasets, path, tokenizer, model
