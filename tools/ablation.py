@@ -22,7 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 CURRICULUM = {"multiplication": [["2x1", 0.3], ["3x1", 0.7]], "countdown": [["3x9", 0.5], ["3x20", 0.5]]}
 SETTINGS = {  # name: (Config overrides, what it is)
     "apo": ({"curriculum": {}}, "A*PO as in the paper (the cpu preset without its curriculum)"),
-    "refresh": ({"reference_refresh_every": 25}, "+ reference refresh every 25 steps"),
+    "refresh": ({"reference_refresh_every": 25, "curriculum": {}}, "+ reference refresh every 25 steps"),
     "curriculum": ({"curriculum": CURRICULUM, "curriculum_schedule": "mixed"},  # the cpu preset's own
                    "+ mixed curriculum: multiplication 2x1 0.3 / 3x1 0.7, countdown 3x9 0.5 / 3x20 0.5"),
     "both": ({"reference_refresh_every": 25, "curriculum": CURRICULUM, "curriculum_schedule": "mixed"},
