@@ -31,7 +31,7 @@ def test_the_cpu_default_corpus_and_training_sets_hold_no_held_out_problem(nb):
     assert len(heldout) == 5 * 256  # countdown 3x9 and 3x20, multiplication 2x1, 3x1 and 2x2
     corpus = nb.stage0_corpus(config, heldout, nb.build_char_tokenizer())
     assert len(corpus) > 30_000
-    corpus_keys = {document_key(document) for document in corpus}
+    corpus_keys = {document_key(nb, document) for document in corpus}
     assert not corpus_keys & heldout
     training_keys = {nb.problem_key(p) for split in datasets.values() for p in split["train"]}
     assert not training_keys & heldout
@@ -44,10 +44,10 @@ def test_reordered_held_out_puzzles_are_kept_out(nb):
     config = nb.make_config("cpu-tiny", train_prompts_per_task=200)
     rng = random.Random(0)
     corpus = nb.build_corpus(config, set(), 400, rng)
-    keys = {document_key(d) for d in corpus}
+    keys = {document_key(nb, d) for d in corpus}
     some = set(list(keys)[:50])
     again = nb.build_corpus(config, some, 400, random.Random(0))
-    assert not {document_key(d) for d in again} & some
+    assert not {document_key(nb, d) for d in again} & some
     train = nb.generate_problems("countdown", "3x9", 200, random.Random(1), exclude=some)
     assert not {nb.problem_key(p) for p in train} & some
 

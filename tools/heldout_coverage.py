@@ -11,7 +11,6 @@ Exact counts for 3-number countdown levels (every multiset, every target its num
 whole intermediate results, as the generator makes them) and every multiplication level; 4-number countdown
 levels are too large to enumerate this way and are left out.
 """
-import argparse
 import itertools
 import json
 import re
@@ -39,13 +38,14 @@ def multiplication_space_size(level: str) -> int:
     return count(digits_a) * (count(digits_a) + 1) // 2 if digits_a == digits_b else count(digits_a) * count(digits_b)
 
 
-def document_key(document: str) -> tuple:
-    """The problem key of a compact-template corpus document, read back from its text."""
+def document_key(nb, document: str) -> tuple:
+    """The notebook's `problem_key` of a compact-template corpus document, its problem read back from its text."""
     prompt = document.split("<think>", 1)[0]
     if match := re.search(r"make (\d+) from \[([\d, ]+)\]", prompt):
-        return ("countdown", tuple(sorted(int(n) for n in match.group(2).split(","))), int(match.group(1)))
+        numbers, target = tuple(int(n) for n in match.group(2).split(",")), int(match.group(1))
+        return nb.problem_key(nb.Problem("countdown", "", numbers, target, ""))
     a, b = map(int, re.search(r"(\d+)\*(\d+)=\?", prompt).groups())
-    return ("multiplication", tuple(sorted((a, b))), a * b)
+    return nb.problem_key(nb.Problem("multiplication", "", (a, b), a * b, ""))
 
 
 def multiplication_level(key: tuple) -> str:
@@ -61,7 +61,7 @@ def main() -> None:
     datasets = nb.build_datasets(config)
     heldout = nb.heldout_keys(datasets)
     documents = nb.stage0_corpus(config, heldout, nb.build_char_tokenizer())
-    corpus = {document_key(d) for d in documents}
+    corpus = {document_key(nb, d) for d in documents}
     training = {nb.problem_key(p) for split in datasets.values() for p in split["train"]}
     assert not (corpus | training) & heldout, "a held-out problem is in the corpus or the training prompts"
     rows = []
