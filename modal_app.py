@@ -49,6 +49,8 @@ COMMIT_EVERY_SECONDS = 5 * 60
 
 HERE = pathlib.Path(__file__).resolve().parent
 NOTEBOOK_NAME = "TinyZero_AstarPO.ipynb"
+PACKAGE_NAME = "tinyzero"  # the package beside the notebook that it imports (the vLLM rollout engine)
+PINNED_TRANSFORMERS = "5.23.0"  # requirements.txt's transformers (a test checks they agree)
 NOTEBOOK = HERE / NOTEBOOK_NAME  # in the container this module and the notebook both sit in /root
 REMOTE_DIR = "/root"
 
@@ -63,9 +65,12 @@ image = (
     modal.Image.debian_slim(python_version="3.11")
     .pip_install_from_requirements(str(HERE / "requirements.txt"))
     .pip_install_from_requirements(str(HERE / "requirements-trackers.txt"))
+    .pip_install_from_requirements(str(HERE / "requirements-vllm.txt"))  # the Qwen presets sample with vLLM
+    .pip_install(f"transformers=={PINNED_TRANSFORMERS}")  # vllm 0.32 asks for < 5.20; the notebook runs on this one
     .env({"HF_HOME": f"{CACHE_ROOT}/huggingface", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
           "TRACKIO_DIR": f"{RUNS_ROOT}/trackio"})
     .add_local_file(str(NOTEBOOK), f"{REMOTE_DIR}/{NOTEBOOK_NAME}")
+    .add_local_dir(str(HERE / PACKAGE_NAME), f"{REMOTE_DIR}/{PACKAGE_NAME}", ignore=["**/__pycache__"])
 )
 runs_volume = modal.Volume.from_name(RUNS_VOLUME_NAME, create_if_missing=True)
 cache_volume = modal.Volume.from_name(CACHE_VOLUME_NAME, create_if_missing=True)
@@ -249,6 +254,9 @@ def run_notebook(preset: str, steps: int | None = None, seed: int = 0, run_name:
 
     parameters = notebook_parameters(preset, steps, seed, run_name, str(output_dir), cache_dir, tasks,
                                      config_overrides, report_to)
+    # the notebook runs in the run folder and imports the package that sits beside it (a kernel and torchrun's
+    # processes inherit the path)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(notebook.parent), os.environ.get("PYTHONPATH")]))
     log(f"parameters: {json.dumps(parameters)}")
     import papermill
 

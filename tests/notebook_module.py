@@ -42,6 +42,8 @@ def load_notebook_module(notebook_path: pathlib.Path = NOTEBOOK_PATH) -> types.M
     module = types.ModuleType("tinyzero_notebook")
     module.__file__ = str(notebook_path)
     import sys
+    if str(notebook_path.parent) not in sys.path:  # as in a kernel started beside it: the package beside it imports
+        sys.path.insert(0, str(notebook_path.parent))
     sys.modules[module.__name__] = module  # dataclasses and pickling look the module up by name
     # dont_inherit: compiled as the notebook kernel compiles it, without this file's __future__ imports
     exec(compile(definition_source(notebook_path), str(notebook_path), "exec", dont_inherit=True), module.__dict__)

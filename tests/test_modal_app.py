@@ -69,6 +69,14 @@ def test_function_settings():
     assert modal_app.runs_volume is not modal_app.cache_volume
 
 
+def test_image_installs_the_vllm_stack_and_the_package_beside_the_notebook(nb):
+    assert f"transformers=={modal_app.PINNED_TRANSFORMERS}\n" in (ROOT / "requirements.txt").read_text()
+    assert "\nvllm==0.32.0\n" in (ROOT / "requirements-vllm.txt").read_text()
+    assert (ROOT / modal_app.PACKAGE_NAME / "vllm_engine.py").exists()
+    qwen = sorted(name for name in modal_app.known_presets() if name.startswith("qwen"))
+    assert len(qwen) == 3 and all(nb.PRESETS[name]["rollout_engine"] == "vllm" for name in qwen)
+
+
 def test_gpu_request_strings():
     assert modal_app.gpu_request("H100", 1) == "H100"
     assert modal_app.gpu_request("H100", 4) == "H100:4"

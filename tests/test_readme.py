@@ -61,6 +61,7 @@ def sandbox(tmp_path_factory):
     folder = tmp_path_factory.mktemp("readme")
     for name in ("TinyZero_AstarPO.ipynb", "modal_app.py", "requirements.txt"):
         shutil.copy(ROOT / name, folder / name)
+    shutil.copytree(ROOT / "tinyzero", folder / "tinyzero", ignore=shutil.ignore_patterns("__pycache__"))
     (folder / "results").mkdir()  # a clone has it: the committed results live there
     venv = ROOT / ".venv"
     (folder / ".venv").symlink_to(venv if venv.exists() else pathlib.Path(sys.prefix), target_is_directory=True)
@@ -99,6 +100,8 @@ def handler(command: str):
         return program if "benchmarks" not in command else "benchmark"
     if program.endswith("jupyter") or program.endswith("torchrun"):
         return "torchrun recipe"
+    if program == ".venv/bin/pip":
+        return "installed by the test command"
     return None
 
 
@@ -111,6 +114,13 @@ def test_setup_and_test_commands_are_what_ci_runs():
     run_venv, run_install = run.split(" && ")[:2]
     tests_venv, tests_install = tests.split(" && ")[:2]
     assert run_venv == tests_venv and tests_install.startswith(run_install)  # CI installs what the run needs, and more
+
+
+def test_other_installs_are_part_of_the_test_command_that_ci_runs():
+    """An install README shows on its own (vLLM's CPU build) is one CI makes: the tests run with it."""
+    tests = next(c for c in COMMANDS if c.startswith(SETUP) and "pytest" in c)
+    installs = [c for c in COMMANDS if handler(c) == "installed by the test command"]
+    assert installs and all(f" && {c} && " in tests for c in installs)
 
 
 def test_the_first_command_runs_the_notebook_and_writes_a_small_readable_notebook(sandbox):

