@@ -81,7 +81,7 @@ class VLLMEngine:
         self.sleep_between_uses = sleep_between_uses and device_type == "cuda"
         self.asleep = set()  # what sleeps now: "weights" (in host memory) and "kv_cache" (dropped)
         self._source = None  # weak reference to the model whose weights the engine holds (None: its own load)
-        self.syncs, self.sync_seconds = 0, 0.0
+        self.syncs = 0  # weight syncs so far
 
     def holds(self, model) -> bool:
         """Whether the engine holds the current weights of `model` (as of the last `sync`)."""
@@ -93,9 +93,8 @@ class VLLMEngine:
         self._wake("weights")
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": full_weights(model)})
         self._source = weakref.ref(model)
-        seconds = time.time() - started
-        self.syncs, self.sync_seconds = self.syncs + 1, self.sync_seconds + seconds
-        return seconds
+        self.syncs += 1
+        return time.time() - started
 
     def adopt(self, model) -> None:
         """Say that `model` holds the weights the engine was started from (no transfer)."""
