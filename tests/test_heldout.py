@@ -8,6 +8,8 @@ import sys
 import pytest
 import torch
 
+from tinyzero import torch_sampler
+
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tools"))
 from heldout_coverage import countdown_space, document_key, multiplication_space_size  # noqa: E402
 
@@ -76,11 +78,18 @@ def test_editing_any_helper_of_the_reward_changes_the_v_star_fingerprint(nb, mon
     before = nb.code_fingerprint(roots)
     assert nb.code_fingerprint(roots) == before
     for name in ("parse_equation", "equation_node_numbers", "evaluate_equation_node", "passes_equation_prechecks",
-                 "extract_answer", "parse_integer_answer", "next_tokens", "decode"):
+                 "extract_answer", "parse_integer_answer"):
         original = getattr(nb, name)
         monkeypatch.setitem(nb.__dict__, name, lambda *args, **kwargs: None)
         assert nb.code_fingerprint(roots) != before, f"{name} is not in the fingerprint"
         monkeypatch.setitem(nb.__dict__, name, original)
+    sampler_roots = roots + [nb.sample_with_model]  # the key estimate_vstar uses
+    with_sampler = nb.code_fingerprint(sampler_roots)
+    for name, value in (("draw_tokens", lambda *args: None), ("windowed_attention", lambda *args: None),
+                        ("SLOT_GROUPS", 5)):
+        monkeypatch.setattr(torch_sampler, name, value)
+        assert nb.code_fingerprint(sampler_roots) != with_sampler, f"torch_sampler.{name} is not in the fingerprint"
+        monkeypatch.undo()
     for name, value in (("MAX_EQUATION_CHARS", 201), ("MAX_PAREN_DEPTH", 19), ("INTEGER_CHARS", frozenset("0123")),
                         ("EQUATION_OPERATORS", (nb.ast.Add,))):
         original = getattr(nb, name)

@@ -1,25 +1,35 @@
-"""Sampling speed: the notebook's `generate` (finished responses leave the batch) against transformers'
-`model.generate` (every row decodes until the batch's longest response ends), on the same base model,
-prompts and settings, measured in one run.
+"""Sampling speed on stage 1's work, measured in one run: the notebook's sampler (continuous batching), the same
+sampler decoding batch by batch, the sampler of an earlier revision of the notebook, and transformers'
+`model.generate`, on the same base model, prompts and settings; then how far the sampler is from this
+machine's limits.
 
-It samples as stage 1 does: `num_ref_samples` responses per training prompt at the config's
-temperature, `generation_batch_size` rows per call, from the cached stage 0 base model (built when
-missing). Prints one JSON object with both timings and their ratio.
+It samples as stage 1 does: `num_ref_samples` responses per training prompt (the preset's curriculum levels) at
+the config's temperature, `generation_batch_size` responses at once, from the cached stage 0 base model (built
+when missing). Each sampler is warmed up once, then timed. Prints one JSON object.
 
-    .venv/bin/python tools/bench_generation.py --prompts 128
+The limits: the model's FLOPs per generated token (2 per weight, plus attention over the response's context) times
+tokens per second, beside the matrix-multiply throughput this machine reaches at the decoding step's own shapes;
+and the bytes of KV cache a step reads, beside the machine's copy bandwidth.
+
+    .venv/bin/python tools/bench_generation.py                       # stage 1 of the cpu preset: 1,024 prompts x 8
+    .venv/bin/python tools/bench_generation.py --prompts 64 --previous 79e8044 --with-generate
 """
 import json
 import pathlib
+import subprocess
+import tempfile
 import time
 
 import torch
 from transformers import GenerationConfig
 
-from stage0_tools import ROOT, base_model_arguments, load_base_model
+from stage0_tools import ROOT, base_model_arguments, load_base_model, load_notebook_module
+
+PREVIOUS = "79e8044"  # the last revision whose sampler decoded batch by batch with a growing KV cache
 
 
 def transformers_generate(nb, model, tokenizer, prompts: list[str], config, samples: int) -> list[list[int]]:
-    """Responses from `model.generate`, batched and trimmed like the notebook's."""
+    """Responses from `model.generate`, `generation_batch_size` rows per call, trimmed like the notebook's."""
     eos_ids = nb.eos_token_ids(tokenizer, model)
     settings = GenerationConfig(do_sample=True, temperature=config.temperature, top_k=0, top_p=1.0,
                                 max_new_tokens=config.max_new_tokens, num_return_sequences=samples,
@@ -34,36 +44,111 @@ def transformers_generate(nb, model, tokenizer, prompts: list[str], config, samp
     return responses
 
 
-def timed(run) -> tuple[float, list[list[int]]]:
+def previous_notebook(revision: str):
+    """The notebook's definitions at an earlier git revision."""
+    source = subprocess.run(["git", "show", f"{revision}:TinyZero_AstarPO.ipynb"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout
+    folder = pathlib.Path(tempfile.mkdtemp())
+    (folder / "TinyZero_AstarPO.ipynb").write_text(source)
+    (folder / "tinyzero").symlink_to(ROOT / "tinyzero")
+    return load_notebook_module(folder / "TinyZero_AstarPO.ipynb")
+
+
+def timed(run, prompts: list[str], prompt_ids: list[list[int]], seed: int) -> tuple[float, object]:
+    run(prompts[:8], prompt_ids[:8])  # warm-up: first-call costs are nobody's sampling time
+    torch.manual_seed(seed)
     started = time.perf_counter()
-    responses = run()
-    return time.perf_counter() - started, responses
+    result = run(prompts, prompt_ids)
+    return time.perf_counter() - started, result
+
+
+def matmul_gflops(rows: int, inner: int, columns: int, repeats: int = 200) -> float:
+    """This machine's float32 matrix-multiply throughput at one shape, in GFLOP/s."""
+    a, b = torch.randn(rows, inner), torch.randn(inner, columns)
+    torch.mm(a, b)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, b)
+    return 2 * rows * inner * columns * repeats / (time.perf_counter() - started) / 1e9
+
+
+def copy_gbytes_per_second(megabytes: int = 256, repeats: int = 10) -> float:
+    """This machine's memory bandwidth as a large tensor copy sees it (bytes read plus bytes written)."""
+    source = torch.randn(megabytes * 2**20 // 4)
+    target = torch.empty_like(source)
+    target.copy_(source)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        target.copy_(source)
+    return 2 * source.numel() * 4 * repeats / (time.perf_counter() - started) / 1e9
+
+
+def limits(model, prompt_tokens: float, response_tokens: float, tokens_per_second: float, slots: int) -> dict:
+    """Achieved FLOP/s and KV-cache bytes/s against what this machine measures at the same shapes."""
+    c = model.config
+    weights = sum(p.numel() for name, p in model.named_parameters() if "embed_tokens" not in name)
+    weights += c.vocab_size * c.hidden_size  # the output layer (tied to the embedding in these models)
+    kv_width = c.num_key_value_heads * (c.hidden_size // c.num_attention_heads)
+    context = prompt_tokens + response_tokens / 2  # mean context a generated token attends to
+    flops_per_token = 2 * weights + 4 * c.num_hidden_layers * context * c.hidden_size
+    kv_bytes_per_token = c.num_hidden_layers * 2 * kv_width * context * 4
+    shapes = {"qkv": (slots, c.hidden_size, c.hidden_size + 2 * kv_width),
+              "mlp_up": (slots, c.hidden_size, 2 * c.intermediate_size),
+              "mlp_down": (slots, c.intermediate_size, c.hidden_size),
+              "lm_head": (slots, c.hidden_size, c.vocab_size)}
+    peak = {name: round(matmul_gflops(*shape), 1) for name, shape in shapes.items()}
+    achieved = flops_per_token * tokens_per_second / 1e9
+    bandwidth = copy_gbytes_per_second()
+    return {"flops_per_token": int(flops_per_token), "achieved_gflops": round(achieved, 2),
+            "matmul_gflops_at_step_shapes": peak,
+            "share_of_best_matmul_throughput": round(achieved / max(peak.values()), 3),
+            "kv_cache_bytes_per_token": int(kv_bytes_per_token),
+            "kv_cache_gbytes_per_second": round(kv_bytes_per_token * tokens_per_second / 1e9, 2),
+            "copy_bandwidth_gbytes_per_second": round(bandwidth, 1)}
 
 
 def main() -> None:
     parser = base_model_arguments(__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=128, help="training prompts per task")
+    parser.add_argument("--prompts", type=int, default=None, help="training prompts per task (default: all)")
+    parser.add_argument("--previous", default=PREVIOUS, help="git revision of the earlier sampler ('' skips it)")
+    parser.add_argument("--with-generate", action="store_true", help="also time transformers' generate (slow)")
     args = parser.parse_args()
-    # the training prompts of the configured levels only, as when the benchmark was first recorded
-    nb, config, datasets, path, tokenizer, model = load_base_model(args.preset, args.cache_dir, curriculum={})
-    prompts = [nb.prompt_for(p, config) for task in config.tasks for p in datasets[task]["train"][:args.prompts]]
-    samples = config.num_ref_samples
-    torch.manual_seed(args.seed)  # one small warm-up call each way, so neither pays first-call costs in its timing
-    transformers_generate(nb, model, tokenizer, prompts[:8], config, samples)
-    nb.generate(model, tokenizer, prompts[:8], config, greedy=False, samples_per_prompt=samples, show_progress=False)
-    torch.manual_seed(args.seed)
-    library_seconds, library = timed(lambda: transformers_generate(nb, model, tokenizer, prompts, config, samples))
-    torch.manual_seed(args.seed)
-    notebook_seconds, notebook = timed(lambda: nb.generate(model, tokenizer, prompts, config, greedy=False,
-                                                           samples_per_prompt=samples, show_progress=False).response_ids)
+    nb, config, datasets, path, tokenizer, model = load_base_model(args.preset, args.cache_dir)
+    problems = [p for task in config.tasks for p in datasets[task]["train"][:args.prompts]]
+    prompts = [nb.prompt_for(p, config) for p in problems]
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    samples, eos_ids = config.num_ref_samples, nb.eos_token_ids(tokenizer, model)
+
+    def notebook_sampler(refill: bool):
+        return lambda texts, ids: nb.sample_with_model(model, ids, samples, False, config.temperature,
+                                            config.max_new_tokens, eos_ids, tokenizer.pad_token_id,
+                                            config.generation_batch_size, refill=refill)
+
+    runs = {"refill": notebook_sampler(True), "batch_by_batch": notebook_sampler(False)}
+    if args.previous:
+        previous = previous_notebook(args.previous)
+        runs[f"previous_{args.previous}"] = lambda texts, ids: previous.generate(
+            model, tokenizer, texts, config, greedy=False, samples_per_prompt=samples, show_progress=False).response_ids
+    if args.with_generate:
+        runs["transformers_generate"] = lambda texts, ids: transformers_generate(nb, model, tokenizer, texts, config,
+                                                                                 samples)
     report = {"base_model": str(pathlib.Path(path).relative_to(ROOT)) if path.startswith(str(ROOT)) else path,
-              "responses": len(prompts) * samples, "generation_batch_size": config.generation_batch_size,
-              "max_new_tokens": config.max_new_tokens, "threads": torch.get_num_threads(),
-              "transformers_generate": {"seconds": round(library_seconds, 3),
-                                        "mean_response_tokens": sum(map(len, library)) / len(library)},
-              "notebook_generate": {"seconds": round(notebook_seconds, 3),
-                                    "mean_response_tokens": sum(map(len, notebook)) / len(notebook)},
-              "speedup": round(library_seconds / notebook_seconds, 2)}
+              "prompts": len(prompts), "responses": len(prompts) * samples, "max_new_tokens": config.max_new_tokens,
+              "generation_batch_size": config.generation_batch_size, "threads": torch.get_num_threads()}
+    for name, run in runs.items():
+        seconds, result = timed(run, prompts, prompt_ids, args.seed)
+        responses, stats = result if isinstance(result, tuple) else (result, None)
+        tokens = sum(map(len, responses))
+        report[name] = {"seconds": round(seconds, 2), "tokens_per_second": round(tokens / seconds, 1),
+                        "mean_response_tokens": round(tokens / len(responses), 2)}
+        if stats is not None:
+            report[name] |= {"decode_steps": stats.decode_steps, "prefills": stats.prefills,
+                             "busy_slot_share": round(stats.busy_slot_steps / max(1, stats.slot_steps), 3)}
+    fastest = report["refill"]
+    report["speedup_over"] = {name: round(report[name]["seconds"] / fastest["seconds"], 2)
+                              for name in runs if name != "refill"}
+    report["limits"] = limits(model, sum(map(len, prompt_ids)) / len(prompt_ids), fastest["mean_response_tokens"],
+                              fastest["tokens_per_second"], config.generation_batch_size)
     print(json.dumps(report, indent=1))
 
 

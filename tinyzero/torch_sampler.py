@@ -1,0 +1,299 @@
+"""The notebook's own sampler: the model's forward, one token per step for many responses at once.
+
+Two things make it fast on a small model, where a decoding step costs mostly its fixed overhead:
+- Continuous batching. A fixed number of slots decode together; when a response ends (EOS or the
+  length cap), the next waiting prompt is prefilled into its slot, so the batch stays full instead
+  of waiting for its longest response.
+- A preallocated KV cache (`SlotCache`). Every slot's keys and values sit in buffers sized once; a
+  step writes one column in place and attends over a view, where a growing cache would copy itself
+  at every step. All slots share the column index: a prompt that joins is written so that it ends
+  at the current column (left padding), and columns no live slot still reads are dropped when the
+  buffers fill up.
+Sampling draws each token by inverse CDF (one uniform per row against the cumulative softmax), which
+is exact temperature sampling with a single random number per row.
+"""
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+import contextlib
+
+from transformers import AttentionInterface, DynamicCache
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+
+class SlotLayer(CacheLayerMixin):
+    """One decoder layer's keys and values, [slots, kv heads, capacity, head dim], written in place."""
+
+    is_sliding = False
+
+    def __init__(self, cache: "SlotCache", shape: tuple, dtype: torch.dtype, device):
+        super().__init__()
+        self.cache = cache
+        # zeros, not empty: masked columns are still multiplied by their (zero) attention weight
+        self.key_buffer = torch.zeros(shape, dtype=dtype, device=device)
+        self.value_buffer = torch.zeros(shape, dtype=dtype, device=device)
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        pass  # the buffers are sized up front
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        start, end = self.cache.length, self.cache.length + key_states.shape[-2]
+        self.key_buffer[:, :, start:end] = key_states
+        self.value_buffer[:, :, start:end] = value_states
+        self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+        return self.keys, self.values
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.cache.length + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.cache.length
+
+    def get_max_length(self) -> int:
+        return self.cache.capacity
+
+
+class SlotCache(Cache):
+    """A KV cache of fixed slots and columns. `length` columns are in use, shared by all slots; the model's
+    forward writes the next ones, and the caller moves `length` on after each forward."""
+
+    def __init__(self, model_config, slots: int, capacity: int, dtype: torch.dtype, device):
+        self.capacity, self.length = capacity, 0
+        heads = model_config.num_attention_heads
+        head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // heads
+        shape = (slots, getattr(model_config, "num_key_value_heads", None) or heads, capacity, head_dim)
+        super().__init__(layers=[SlotLayer(self, shape, dtype, device)
+                                 for _ in range(model_config.num_hidden_layers)])
+
+    def place(self, slots: torch.Tensor, prefilled: DynamicCache, rows: torch.Tensor) -> None:
+        """Write rows `rows` of a prefilled cache into `slots`, ending at column `length`."""
+        for layer, source in zip(self.layers, prefilled.layers):
+            width = source.keys.shape[-2]
+            layer.key_buffer[slots, :, self.length - width:self.length] = source.keys[rows]
+            layer.value_buffer[slots, :, self.length - width:self.length] = source.values[rows]
+
+    def keep(self, slots: torch.Tensor) -> None:
+        """Keep only `slots` (in that order)."""
+        for layer in self.layers:
+            layer.key_buffer, layer.value_buffer = layer.key_buffer[slots], layer.value_buffer[slots]
+
+    def reorder(self, order: torch.Tensor, first_column: int) -> None:
+        """Put slot order[i] in slot i (only columns from `first_column` on are still read)."""
+        for layer in self.layers:
+            for buffer in (layer.key_buffer, layer.value_buffer):
+                buffer[:, :, first_column:self.length] = buffer[order, :, first_column:self.length]
+
+    def drop_columns(self, count: int) -> None:
+        """Drop the first `count` columns (no slot reads them any more); the rest move to the front."""
+        for layer in self.layers:
+            for buffer in (layer.key_buffer, layer.value_buffer):
+                buffer[:, :, :self.length - count] = buffer[:, :, count:self.length].clone()
+        self.length -= count
+
+
+WINDOWED_ATTENTION = "tinyzero_slot_windows"
+
+
+def windowed_attention(module, query, key, value, attention_mask, scaling: float, slot_windows=(), **kwargs):
+    """One decoding step's attention over groups of slots, each reading only the columns from its own first one:
+    `slot_windows` holds (first slot, end slot, first column) per group. Grouped-query heads share their keys
+    and values without copies. Returns [slots, 1, heads, head dim], as transformers' attention functions do."""
+    slots, heads, _, head_dim = query.shape
+    kv_heads = key.shape[1]
+    outputs = []
+    for a, b, column in slot_windows:
+        scores = torch.matmul(query[a:b].reshape(b - a, kv_heads, heads // kv_heads, head_dim),
+                              key[a:b, :, column:].transpose(-1, -2)).mul_(scaling)
+        scores.add_(attention_mask[a:b, None, None, column:])  # [slots, columns]: 0 where a slot attends, else -inf
+        outputs.append(torch.matmul(scores.softmax(-1), value[a:b, :, column:]))
+    return torch.cat(outputs).reshape(slots, 1, heads, head_dim), None
+
+
+@contextlib.contextmanager
+def attention_implementation(model, name: str):
+    """Run the model's attention layers with the registered attention function `name` for a while."""
+    saved = model.config._attn_implementation
+    model.config._attn_implementation = name
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = saved
+
+
+DROP_COLUMNS_AT = 32  # unread columns at the front of the KV cache that are worth a copy to drop
+SLOT_GROUPS = 4  # attention runs per group of slots, each over the columns its oldest response needs
+SORT_EVERY = 32  # decoding steps between two sorts of the slots by age (which keeps each group's window short)
+
+
+@dataclass
+class SamplerStats:
+    """What a call to `sample` did: forward passes, and slot-steps spent on live responses and in all."""
+    decode_steps: int = 0  # one-token forward passes over the slots
+    prefills: int = 0  # forward passes that brought waiting prompts into free slots
+    busy_slot_steps: int = 0  # slot-steps that produced a response token
+    slot_steps: int = 0  # slot-steps computed (free slots included)
+
+
+def draw_tokens(logits: torch.Tensor, greedy: bool, temperature: float) -> torch.Tensor:
+    """The most likely token of each row, or one drawn from softmax(logits / temperature) by inverse CDF."""
+    if greedy:
+        return logits.argmax(-1)
+    cumulative = torch.softmax(logits.float() / temperature, dim=-1).cumsum(-1)
+    uniform = torch.rand(len(logits), 1, device=logits.device) * cumulative[:, -1:]
+    return torch.searchsorted(cumulative, uniform, right=True).squeeze(-1).clamp(max=logits.shape[-1] - 1)
+
+
+def left_padded(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of `sequences`, left-padded to the longest."""
+    width = max(map(len, sequences))
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        if sequence:
+            ids[row, width - len(sequence):] = torch.tensor(sequence)
+            mask[row, width - len(sequence):] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: int, greedy: bool, temperature: float,
+           max_new_tokens: int, eos_ids: set, pad_id: int, slots: int, refill: bool = True,
+           banned_first_tokens: tuple = (), show_progress: bool = False,
+           desc: str = "sampling") -> tuple[list[list[int]], SamplerStats]:
+    """Response token ids for each prompt repeated `samples_per_prompt` times (response i answers prompt
+    i // samples_per_prompt), each up to and including its first EOS, and what the sampling cost.
+
+    `slots` responses decode at once. With `refill`, waiting prompts take free slots as they free up (once an
+    eighth of them are free, so that prefills stay few); without it, the next prompts wait until the whole
+    batch has ended. Token ids in `banned_first_tokens` may not begin a response.
+
+    Attention runs per group of slots over the columns from the first that the group's oldest response needs,
+    and every `SORT_EVERY` steps the slots are sorted by age, so that short responses do not pay for the long
+    ones' prefixes."""
+    AttentionInterface.register(WINDOWED_ATTENTION, windowed_attention)
+    device = next(model.parameters()).device
+    rows = [prompt for prompt in range(len(prompt_ids)) for _ in range(samples_per_prompt)]
+    responses: list = [None] * len(rows)
+    stats = SamplerStats()
+    if not rows:
+        return responses, stats
+    slots = max(1, min(slots, len(rows)))
+    eos = torch.tensor(sorted(eos_ids), device=device)
+    longest_prompt = max(len(prompt_ids[prompt]) for prompt in rows)
+    cache = SlotCache(model.config, slots, 2 * (longest_prompt + max_new_tokens) + 2, model.dtype, device)
+    cache.length = longest_prompt  # every prompt that joins ends at the current column, so it always fits
+    mask = torch.zeros((slots, cache.capacity), dtype=torch.bool, device=device)
+    slot_row = torch.full((slots,), -1, dtype=torch.long, device=device)  # the response a slot holds; -1: free
+    positions = torch.zeros(slots, dtype=torch.long, device=device)  # of each slot's next token
+    starts = torch.zeros(slots, dtype=torch.long, device=device)  # column of each slot's first prompt token
+    counts = torch.zeros(slots, dtype=torch.long, device=device)  # tokens generated
+    generated = torch.full((slots, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    last_tokens = torch.full((slots,), pad_id, dtype=torch.long, device=device)
+    per_slot = [mask, slot_row, positions, starts, counts, generated, last_tokens]
+    next_row = 0
+    bar = tqdm(total=len(rows), desc=desc, disable=not show_progress, leave=False)
+
+    def finish_ended(candidates: torch.Tensor) -> None:
+        ended = (candidates & (torch.isin(last_tokens, eos) | (counts >= max_new_tokens))).nonzero().squeeze(-1)
+        for slot, row, count in zip(ended.tolist(), slot_row[ended].tolist(), counts[ended].tolist()):
+            responses[row] = generated[slot, :count].tolist()
+        slot_row[ended] = -1
+        bar.update(len(ended))
+
+    def fill(free: torch.Tensor) -> None:
+        nonlocal next_row
+        joining = rows[next_row:next_row + len(free)]
+        free = free[:len(joining)]
+        prompts = sorted(set(joining))  # prefill each prompt once, however many samples it gets
+        ids, prompt_mask = left_padded([prompt_ids[p] for p in prompts], pad_id, device)
+        prefilled = DynamicCache(config=model.config)
+        logits = model(input_ids=ids, attention_mask=prompt_mask,
+                       position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0), past_key_values=prefilled,
+                       use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        stats.prefills += 1
+        source = torch.tensor([prompts.index(prompt) for prompt in joining], device=device)
+        cache.place(free, prefilled, source)
+        mask[free] = False
+        mask[free, cache.length - ids.shape[1]:cache.length] = prompt_mask[source].bool()
+        positions[free] = prompt_mask[source].sum(-1)
+        starts[free] = cache.length - positions[free]
+        slot_row[free] = torch.arange(next_row, next_row + len(joining), device=device)
+        next_row += len(joining)
+        logits = logits[source]
+        if banned_first_tokens:
+            logits[:, list(banned_first_tokens)] = -torch.inf
+        last_tokens[free] = generated[free, 0] = draw_tokens(logits, greedy, temperature)
+        counts[free] = 1
+        joined = torch.zeros(len(slot_row), dtype=torch.bool, device=device)
+        joined[free] = True
+        finish_ended(joined)
+
+    def first_column(first: int, end: int) -> int:
+        """The first column any live response in slots [first, end) reads."""
+        group = active[first:end]
+        return int(starts[first:end][group].min()) if group.any() else cache.length
+
+    while True:
+        free = (slot_row < 0).nonzero().squeeze(-1)
+        waiting = len(rows) - next_row
+        if waiting and (len(free) == len(slot_row) or (refill and len(free) >= min(slots // 8 or 1, waiting))):
+            fill(free)
+            continue
+        active = slot_row >= 0
+        live = int(active.sum())
+        if live == 0:
+            break
+        if not waiting and live <= len(slot_row) // 2:  # the tail: shrink the batch to the live slots
+            keep = active.nonzero().squeeze(-1)
+            cache.keep(keep)
+            for i, tensor in enumerate(per_slot):
+                per_slot[i] = tensor[keep]
+            mask, slot_row, positions, starts, counts, generated, last_tokens = per_slot
+            active = active[keep]
+        # drop the columns before the oldest live prompt once there are enough of them (a joining prompt must
+        # still fit before the current column)
+        unread = min(int(starts[active].min()), cache.length - (longest_prompt if waiting else 0))
+        if unread >= DROP_COLUMNS_AT or cache.length + 1 > cache.capacity:
+            cache.drop_columns(unread)
+            mask[:, :cache.length] = mask[:, unread:unread + cache.length].clone()
+            mask[:, cache.length:] = False
+            starts -= unread
+        mask[:, cache.length] = True
+        if stats.decode_steps % SORT_EVERY == 0:  # oldest first: then each group's responses are of an age
+            order = torch.argsort(torch.where(active, starts, cache.length), stable=True)
+            cache.reorder(order, first_column(0, len(slot_row)))
+            for i, tensor in enumerate(per_slot):
+                per_slot[i] = tensor[order]
+            mask, slot_row, positions, starts, counts, generated, last_tokens = per_slot
+            active = active[order]
+        bounds = [len(slot_row) * group // SLOT_GROUPS for group in range(SLOT_GROUPS + 1)]
+        windows = [(a, b, first_column(a, b)) for a, b in zip(bounds, bounds[1:]) if a < b]
+        with attention_implementation(model, WINDOWED_ATTENTION):
+            logits = model(input_ids=last_tokens[:, None], position_ids=positions[:, None],
+                           attention_mask={"full_attention": torch.zeros(mask.shape[0], cache.length + 1, dtype=model.dtype, device=device).masked_fill_(
+                               ~mask[:, :cache.length + 1], -torch.inf)},
+                           past_key_values=cache, use_cache=True, logits_to_keep=1,
+                           slot_windows=windows).logits[:, -1]
+        cache.length += 1
+        positions += 1
+        stats.decode_steps += 1
+        stats.slot_steps += len(slot_row)
+        stats.busy_slot_steps += live
+        chosen = draw_tokens(logits, greedy, temperature)
+        index = active.nonzero().squeeze(-1)
+        generated[index, counts[index]] = chosen[index]
+        counts[index] += 1
+        last_tokens.copy_(chosen)
+        finish_ended(active)
+    bar.close()
+    return [trim_at_eos(response, eos_ids) for response in responses], stats
+
+
+def trim_at_eos(token_ids: list, eos_ids: set) -> list:
+    """Tokens up to and including the first EOS (all of them when no EOS came)."""
+    for i, token in enumerate(token_ids):
+        if token in eos_ids:
+            return token_ids[: i + 1]
+    return token_ids
