@@ -7,17 +7,18 @@ Two things make it fast on a small model, where a decoding step costs mostly its
 - A preallocated KV cache (`SlotCache`). Every slot's keys and values sit in buffers sized once; a
   step writes one column in place and attends over a view, where a growing cache would copy itself
   at every step. All slots share the column index: a prompt that joins is written so that it ends
-  at the current column (left padding), and columns no live slot still reads are dropped when the
-  buffers fill up.
+  at the current column (left padding), and columns no live slot still reads are dropped.
+- Attention over only what each group of slots needs. The slots are sorted by age every few steps and
+  attention runs per group, from the first column the group's oldest response reads, so that short
+  responses do not pay for the long ones' prefixes.
 Sampling draws each token by inverse CDF (one uniform per row against the cumulative softmax), which
 is exact temperature sampling with a single random number per row.
 """
+import contextlib
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
-import contextlib
-
 from transformers import AttentionInterface, DynamicCache
 from transformers.cache_utils import Cache, CacheLayerMixin
 
@@ -158,10 +159,10 @@ def left_padded(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.
 
 
 @torch.no_grad()
-def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: int, greedy: bool, temperature: float,
-           max_new_tokens: int, eos_ids: set, pad_id: int, slots: int, refill: bool = True,
-           banned_first_tokens: tuple = (), show_progress: bool = False,
-           desc: str = "sampling") -> tuple[list[list[int]], SamplerStats]:
+def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: int, greedy: bool,
+                      temperature: float, max_new_tokens: int, eos_ids: set, pad_id: int, slots: int,
+                      refill: bool = True, banned_first_tokens: tuple = (), show_progress: bool = False,
+                      desc: str = "sampling") -> tuple[list[list[int]], SamplerStats]:
     """Response token ids for each prompt repeated `samples_per_prompt` times (response i answers prompt
     i // samples_per_prompt), each up to and including its first EOS, and what the sampling cost.
 
@@ -270,11 +271,12 @@ def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: in
             active = active[order]
         bounds = [len(slot_row) * group // SLOT_GROUPS for group in range(SLOT_GROUPS + 1)]
         windows = [(a, b, first_column(a, b)) for a, b in zip(bounds, bounds[1:]) if a < b]
+        bias = torch.zeros(mask.shape[0], cache.length + 1, dtype=model.dtype, device=device)
+        bias.masked_fill_(~mask[:, :cache.length + 1], -torch.inf)  # added to the scores: 0 where a slot attends
         with attention_implementation(model, WINDOWED_ATTENTION):
             logits = model(input_ids=last_tokens[:, None], position_ids=positions[:, None],
-                           attention_mask={"full_attention": torch.zeros(mask.shape[0], cache.length + 1, dtype=model.dtype, device=device).masked_fill_(
-                               ~mask[:, :cache.length + 1], -torch.inf)},
-                           past_key_values=cache, use_cache=True, logits_to_keep=1,
+                           attention_mask={"full_attention": bias}, past_key_values=cache, use_cache=True,
+                           logits_to_keep=1,
                            slot_windows=windows).logits[:, -1]
         cache.length += 1
         positions += 1
