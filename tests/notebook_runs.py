@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 import yaml
 
@@ -28,13 +29,26 @@ def papermill_command(executed: str, output_dir: str, cache_dir: str, train_step
 
 
 def kill_after_steps(command: list[str], metrics_path, steps: int, env: dict | None = None) -> int:
-    """Start `command`, kill its whole process group once `metrics_path` holds `steps` records; returns how
-    many it held then."""
+    """Start `command`, kill it once `metrics_path` holds `steps` records, and wait until nothing it started
+    runs; returns how many records there are then. Its kernel runs in a session of its own (jupyter_client
+    starts it so) and would otherwise live on for a moment, long enough to write one more step."""
     process = subprocess.Popen(command, cwd=NOTEBOOK_PATH.parent, start_new_session=True, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and (not metrics_path.exists() or len(metrics_path.read_text().splitlines()) < steps):
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
+    started = [psutil.Process(process.pid)] + psutil.Process(process.pid).children(recursive=True)
+    for group in {process_group(p.pid) for p in started} - {None}:
+        os.killpg(group, signal.SIGKILL)  # each process group, the kernel's with its workers (vLLM's) in it
+    _, alive = psutil.wait_procs(started, timeout=60)
+    assert not alive, f"still running after SIGKILL: {alive}"
     process.wait()
     return len(metrics_path.read_text().splitlines())
+
+
+def process_group(pid: int) -> int | None:
+    """The process group of `pid`, None once it has ended."""
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
