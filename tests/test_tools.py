@@ -59,11 +59,17 @@ def test_overrides_are_read_as_literals_and_bad_ones_are_named(tmp_path):
     assert result.returncode != 0 and "base_thinking" in result.stderr
 
 
-def test_generation_benchmark_reports_every_sampler_and_the_limits(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    """One cache of stage 0 models for the tools below: the cpu-tiny base model is built once."""
+    return tmp_path_factory.mktemp("tiny-cache")
+
+
+def test_generation_benchmark_reports_every_sampler_and_the_limits(tiny_cache):
     """tools/bench_generation.py runs end to end; its ratios are measurements, so only their form is checked."""
     bench = TOOL.parent / "bench_generation.py"
     result = subprocess.run([sys.executable, str(bench), "--preset", "cpu-tiny", "--prompts", "4", "--with-generate",
-                             "--cache-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+                             "--cache-dir", str(tiny_cache)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert report["responses"] == 2 * 4 * 4  # two tasks, 4 prompts each, cpu-tiny's N = 4 samples
@@ -76,3 +82,21 @@ def test_generation_benchmark_reports_every_sampler_and_the_limits(tmp_path):
         assert report["speedup_over"][name] == pytest.approx(report[name]["seconds"] / report["refill"]["seconds"],
                                                              rel=0.05)
     assert 0 < report["limits"]["share_of_best_matmul_throughput"] and report["limits"]["flops_per_token"] > 0
+
+
+def test_vstar_error_compares_cheaper_stage_1_estimates_with_the_full_one(tiny_cache):
+    """tools/vstar_error.py at cpu-tiny: each estimate's samples follow from its rule; the full estimate of
+    sampling seed 0 is the reference, so its own change is 0."""
+    result = subprocess.run([sys.executable, str(TOOL.parent / "vstar_error.py"), "--preset", "cpu-tiny", "--prompts",
+                             "3", "--floor-seeds", "1", "--cache-dir", str(tiny_cache)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    prompts, estimates = report["prompts"], report["estimates"]
+    full = [name for name in estimates if name.startswith("N=") and "seed" in name]
+    n = int(full[0].split("=")[1].split(",")[0])
+    assert len(full) == 2 and estimates[full[0]]["mean_abs_change"] == 0.0
+    assert estimates[full[1]]["samples"] == prompts * n and estimates[f"N={n // 2}"]["samples"] == prompts * n // 2
+    adaptive = [e for name, e in estimates.items() if name.startswith("adaptive")]
+    assert adaptive and all(prompts * 2 <= e["samples"] <= prompts * n for e in adaptive)
+    assert all(0.0 <= e["mean_vstar"] <= 1.0 and e["seconds"] > 0 for e in estimates.values())
