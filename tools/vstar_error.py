@@ -8,11 +8,12 @@ seed 0. Prints one JSON object.
 """
 import dataclasses
 import json
+import pathlib
 import time
 
 import torch
 
-from stage0_tools import base_model_arguments, load_base_model
+from stage0_tools import ROOT, base_model_arguments, load_base_model
 
 
 def estimate(nb, model, tokenizer, problems, config, sampling_seed: int) -> dict:
@@ -48,7 +49,8 @@ def main() -> None:
         result["mean_abs_change"] = sum(abs(a - b) for a, b in zip(result["vstar"], reference)) / len(reference)
         result["seconds_ratio"] = result["seconds"] / results[f"N={full}, sampling seed 0"]["seconds"]
         del result["vstar"]
-    print(json.dumps({"preset": args.preset, "prompts": len(problems), "base_model": path, "torch": torch.__version__,
+    shown = str(pathlib.Path(path).relative_to(ROOT)) if path.startswith(str(ROOT)) else path
+    print(json.dumps({"preset": args.preset, "prompts": len(problems), "base_model": shown, "torch": torch.__version__,
                       "threads": torch.get_num_threads(), "estimates": results}, indent=1))
 
 
