@@ -385,6 +385,7 @@ def plot_frontier(rows: list[dict], path: pathlib.Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     figure, axes = plt.subplots(1, len(VIEWS), figsize=(15, 4.5))
     for axis, view in zip(axes, VIEWS):
         view_rows = [r for r in rows if r["view"] == view]
@@ -403,7 +404,10 @@ def plot_frontier(rows: list[dict], path: pathlib.Path) -> None:
                           markerfacecolor=colour if every_seed else "white")
         axis.set(title=f"{view}: seconds to reach base + gain", xlabel="target: gain over the base model's greedy "
                  "accuracy", ylabel="training seconds (stage 1 included)", yscale="log")
-        axis.legend(fontsize=8, title="open marker: a seed never reached it", title_fontsize=7)
+        axis.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        axis.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        axis.legend(fontsize=8, title="open marker: a seed never reached it;\na line ends where no setting reaches "
+                    "and holds it", title_fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
