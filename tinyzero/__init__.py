@@ -1,1 +1,2 @@
-"""Infrastructure beside the notebook: what is not the method itself (sampling engines, test tokenizers)."""
+"""Infrastructure beside the notebook: what is not the method itself (sampling engines, environment adapters,
+test tokenizers)."""

@@ -1,0 +1,180 @@
+"""FrozenLake for a language-model agent: gymnasium's `FrozenLakeEnv` with a text face.
+
+A problem (`Lake`) is a map from gymnasium's `generate_random_map`, a start on it and a seed for the
+environment's randomness, all drawn from one `random.Random`. `Episode` plays one: each turn takes the
+actions read from a response (`parse_actions`), steps gymnasium's environment with them and shows the
+agent the new state as text (`render`): `P` the player, `_` frozen ice, `O` a hole, `G` the goal, and
+`X` / `√` the player in a hole / on the goal. An unreadable answer moves nothing and still uses the turn.
+
+Two references say how good a policy is on the same lakes: the optimal policy (finite-horizon value
+iteration over the environment's own transition table, `best_actions_and_values`: the best any policy can
+do within a number of moves; on ice that is not slippery, the shortest path) and a uniformly random one,
+both played on the problem's own seed (`play_optimal`, `play_random`).
+"""
+import random
+import re
+from collections import deque
+from dataclasses import dataclass
+
+try:
+    from gymnasium.envs.toy_text.frozen_lake import FrozenLakeEnv, generate_random_map
+except ImportError as error:  # pragma: no cover - depends on the installation
+    raise ImportError("FrozenLake needs gymnasium: .venv/bin/pip install -r requirements.txt "
+                      "(it pins gymnasium==1.4.0)") from error
+
+ACTION_NAMES = ("Left", "Down", "Right", "Up")  # gymnasium's action numbers 0..3
+ACTIONS = {name.lower(): number for number, name in enumerate(ACTION_NAMES)}
+LEVELS = {"4x4": (4, False), "4x4-slippery": (4, True), "6x6": (6, False)}  # name: (side, slippery)
+FROZEN_PROBABILITY = 0.8  # generate_random_map's p: the chance that a tile is ice rather than a hole
+MAX_ANSWER_CHARS = 200  # a longer answer is not a list of a few moves; it is invalid without being read
+TILES = {"S": "_", "F": "_", "H": "O", "G": "G"}
+PLAYER = {"S": "P", "F": "P", "H": "X", "G": "√"}
+WORD = re.compile(r"[A-Za-z]+|[^A-Za-z\s,;|]")
+
+
+@dataclass(frozen=True)
+class Lake:
+    """One FrozenLake problem: the map's rows (`S` start, `F` ice, `H` hole, `G` goal), whether the ice is
+    slippery, and the seed of the environment's randomness (which way a slippery step goes)."""
+    level: str
+    rows: tuple[str, ...]
+    slippery: bool
+    seed: int
+
+    @property
+    def start(self) -> tuple[int, int]:
+        return next((r, c) for r, row in enumerate(self.rows) for c, tile in enumerate(row) if tile == "S")
+
+
+def require_level(level: str) -> None:
+    if level not in LEVELS:
+        raise ValueError(f"unknown FrozenLake level {level!r}; the levels are {sorted(LEVELS)}")
+
+
+def tiles_that_reach_the_goal(rows: tuple[str, ...]) -> list[tuple[int, int]]:
+    """Every tile that is not a hole and has a path of non-hole tiles to the goal (moves are reversible)."""
+    side = len(rows)
+    goal = next((r, c) for r, row in enumerate(rows) for c, tile in enumerate(row) if tile == "G")
+    seen, queue = {goal}, deque([goal])
+    while queue:
+        r, c = queue.popleft()
+        for nr, nc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
+            if 0 <= nr < side and 0 <= nc < side and (nr, nc) not in seen and rows[nr][nc] != "H":
+                seen.add((nr, nc))
+                queue.append((nr, nc))
+    return sorted(seen)
+
+
+def generate_lake(rng: random.Random, level: str) -> Lake:
+    """A random lake of `level`: gymnasium's random map (seeded from `rng`), a start drawn among the ice
+    tiles that reach the goal, and a seed for the environment; all randomness comes from `rng`."""
+    require_level(level)
+    side, slippery = LEVELS[level]
+    rows = [row.replace("S", "F") for row in generate_random_map(size=side, p=FROZEN_PROBABILITY,
+                                                                  seed=rng.randrange(2 ** 31))]
+    r, c = rng.choice([(r, c) for r, c in tiles_that_reach_the_goal(tuple(rows)) if rows[r][c] == "F"])
+    rows[r] = rows[r][:c] + "S" + rows[r][c + 1:]
+    return Lake(level, tuple(rows), slippery, rng.randrange(2 ** 31))
+
+
+def render(rows: tuple[str, ...], position: tuple[int, int]) -> str:
+    """The lake as the agent sees it: one line per row, the player drawn over its tile."""
+    return "\n".join("".join(PLAYER[tile] if (r, c) == position else TILES[tile] for c, tile in enumerate(row))
+                     for r, row in enumerate(rows))
+
+
+def parse_actions(answer: str | None, max_actions: int) -> list[int] | None:
+    """The moves in an answer such as `Right, Down` (names in any case, separated by spaces, commas, `;` or
+    `|`), or None when it is not 1 to `max_actions` of them and nothing else. Never raises; linear time."""
+    if not isinstance(answer, str) or len(answer) > MAX_ANSWER_CHARS:
+        return None
+    words = WORD.findall(answer)
+    if not 1 <= len(words) <= max_actions or any(word.lower() not in ACTIONS for word in words):
+        return None
+    return [ACTIONS[word.lower()] for word in words]
+
+
+class Episode:
+    """One play of a lake, turn by turn, on gymnasium's environment seeded with the lake's seed."""
+
+    def __init__(self, lake: Lake, max_turns: int):
+        if max_turns < 1:
+            raise ValueError(f"max_turns={max_turns} must be at least 1")
+        self.lake, self.max_turns = lake, max_turns
+        self.env = FrozenLakeEnv(desc=list(lake.rows), is_slippery=lake.slippery)
+        self.state, _ = self.env.reset(seed=lake.seed)
+        self.reward, self.turns, self.moves, self.invalid_turns = 0.0, 0, 0, 0
+        self.terminated = False  # in a hole or on the goal
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return divmod(int(self.state), len(self.lake.rows[0]))
+
+    @property
+    def done(self) -> bool:
+        return self.terminated or self.turns >= self.max_turns
+
+    @property
+    def outcome(self) -> str:
+        """"goal", "hole", "out of turns" or "playing"."""
+        if self.terminated:
+            return "goal" if self.reward > 0 else "hole"
+        return "out of turns" if self.turns >= self.max_turns else "playing"
+
+    def render(self) -> str:
+        return render(self.lake.rows, self.position)
+
+    def act(self, actions: list[int] | None) -> None:
+        """One turn: the moves in order until one ends the episode; None (an unreadable answer) moves nothing."""
+        if self.done:
+            raise RuntimeError("the episode is over")
+        self.turns += 1
+        if actions is None:
+            self.invalid_turns += 1
+            return
+        for action in actions:
+            self.state, reward, self.terminated, _, _ = self.env.step(action)
+            self.moves += 1
+            if self.terminated:
+                self.reward = float(reward)
+                return
+
+
+def best_actions_and_values(lake: Lake, moves: int) -> tuple[list[list[int]], list[float]]:
+    """Finite-horizon value iteration over the environment's own transition table: for k = 1..`moves` moves
+    left (index k - 1), the best action in every state (ties to the lowest action number), and the chance
+    that the best policy reaches the goal from each state within `moves` moves."""
+    env = FrozenLakeEnv(desc=list(lake.rows), is_slippery=lake.slippery)
+    value, policy = [0.0] * env.observation_space.n, []
+    for _ in range(moves):
+        q = [[sum(p * (reward + (0.0 if ends else value[nxt])) for p, nxt, reward, ends in env.P[s][a])
+              for a in range(len(ACTION_NAMES))] for s in range(len(value))]
+        policy.append([max(range(len(row)), key=lambda a, row=row: (row[a], -a)) for row in q])
+        value = [max(row) for row in q]
+    return policy, value
+
+
+def optimal_success(lake: Lake, moves: int) -> float:
+    """The chance that the best policy reaches the goal from the start within `moves` moves."""
+    row, column = lake.start
+    return best_actions_and_values(lake, moves)[1][row * len(lake.rows[0]) + column]
+
+
+def play(lake: Lake, max_turns: int, choose) -> Episode:
+    """An episode on the lake's own seed, each turn's moves from `choose(episode)`."""
+    episode = Episode(lake, max_turns)
+    while not episode.done:
+        episode.act(choose(episode))
+    return episode
+
+
+def play_optimal(lake: Lake, moves: int) -> Episode:
+    """The optimal policy, one move a turn for `moves` turns, on the lake's seed. Seeing the state after every
+    move, it bounds from above any agent that commits to several moves a turn."""
+    policy, _ = best_actions_and_values(lake, moves)
+    return play(lake, moves, lambda episode: [policy[moves - episode.turns - 1][int(episode.state)]])
+
+
+def play_random(lake: Lake, max_turns: int, actions_per_turn: int, rng: random.Random) -> Episode:
+    """A uniformly random policy, `actions_per_turn` moves a turn, on the lake's seed."""
+    return play(lake, max_turns, lambda episode: [rng.randrange(len(ACTION_NAMES)) for _ in range(actions_per_turn)])
