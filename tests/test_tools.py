@@ -100,3 +100,38 @@ def test_vstar_error_compares_cheaper_stage_1_estimates_with_the_full_one(tiny_c
     adaptive = [e for name, e in estimates.items() if name.startswith("adaptive")]
     assert adaptive and all(prompts * 2 <= e["samples"] <= prompts * n for e in adaptive)
     assert all(0.0 <= e["mean_vstar"] <= 1.0 and e["seconds"] > 0 for e in estimates.values())
+
+
+def load_stage1_accuracy():
+    path = TOOL.parent / "stage1_accuracy.py"
+    spec = importlib.util.spec_from_file_location("stage1_accuracy", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_stage1_accuracy_tabulates_each_variant_over_its_seeds():
+    tool = load_stage1_accuracy()
+    def curve(seed, last):
+        points = [{"tokens": 100, "accuracy": {"countdown": 0.3, "multiplication": 0.2}},
+                  {"tokens": 200, "accuracy": {"countdown": 0.6, "multiplication": 0.5}},
+                  {"tokens": 300, "accuracy": {"countdown": last, "multiplication": 0.4}}]
+        return {"seed": seed, "stage1_seconds": 10.0 + seed, "points": points}
+    rows = [tool.outcome(curve(0, 0.5)), tool.outcome(curve(1, 0.7))]
+    assert rows[0] == {"seed": 0, "stage1_seconds": 10.0, "stage1_tokens": 100,
+                       "last": {"countdown": 0.5, "multiplication": 0.4},
+                       "best": {"countdown": 0.6, "multiplication": 0.5}}
+    lines = tool.table({tool.FULL: rows}).splitlines()
+    assert lines[0].startswith("| stage 1 | seeds | stage 1 seconds | countdown last | countdown best |")
+    assert lines[2] == (f"| {tool.FULL} | 0, 1 | 10.5 | 0.600 (0.500-0.700) | 0.650 (0.600-0.700) | "
+                        "0.400 (0.400-0.400) | 0.500 (0.500-0.500) |")
+
+
+def test_stage1_accuracy_needs_the_benchmarks_runs_and_says_so(tmp_path):
+    result = subprocess.run([sys.executable, str(TOOL.parent / "stage1_accuracy.py"), "--size", "cpu-tiny",
+                             "--benchmark", str(tmp_path / "none"), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "no finished apo-lr0.0003 run for seeds [0]" in result.stderr
+    assert "run_benchmarks.py --size cpu-tiny" in result.stderr
+    assert not (tmp_path / "out").exists()  # nothing is run before the check
