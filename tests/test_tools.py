@@ -30,9 +30,9 @@ def test_base_model_modes_reports_each_task(tmp_path):
         assert abs(sampled_accuracy - mixed) < 1e-9
 
 
-def load_tool():
+def load_tool(name: str = "base_model_modes"):
     sys.path.insert(0, str(TOOL.parent))  # as when run as a script: the tools import their shared module
-    spec = importlib.util.spec_from_file_location("base_model_modes", TOOL)
+    spec = importlib.util.spec_from_file_location(name, TOOL.parent / f"{name}.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     return tool
@@ -102,16 +102,8 @@ def test_vstar_error_compares_cheaper_stage_1_estimates_with_the_full_one(tiny_c
     assert all(0.0 <= e["mean_vstar"] <= 1.0 and e["seconds"] > 0 for e in estimates.values())
 
 
-def load_stage1_accuracy():
-    path = TOOL.parent / "stage1_accuracy.py"
-    spec = importlib.util.spec_from_file_location("stage1_accuracy", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
-
-
 def test_stage1_accuracy_tabulates_each_variant_over_its_seeds():
-    tool = load_stage1_accuracy()
+    tool = load_tool("stage1_accuracy")
     def curve(seed, last):
         points = [{"tokens": 100, "accuracy": {"countdown": 0.3, "multiplication": 0.2}},
                   {"tokens": 200, "accuracy": {"countdown": 0.6, "multiplication": 0.5}},
