@@ -131,9 +131,10 @@ def test_a_random_policy_is_far_below_the_optimal_one():
 def test_slippery_success_within_a_move_budget_matches_the_known_figures():
     # From gymnasium's own corner start, the optimal policy on random 4x4 slippery maps reaches the goal within
     # 10 moves about 10% of the time, within 30 about 63% and within 100 about 89%.
-    corner = [fl.Lake(lake.level, ("S" + lake.rows[0][1:],) + lake.rows[1:], True, lake.seed)
-              for lake in (fl.Lake(l.level, tuple(r.replace("S", "F") for r in l.rows), True, l.seed)
-                           for l in lakes("4x4-slippery", 200))]
+    def from_the_corner(lake):
+        rows = [row.replace("S", "F") for row in lake.rows]
+        return fl.Lake(lake.level, ("S" + rows[0][1:], *rows[1:]), True, lake.seed)
+    corner = [from_the_corner(lake) for lake in lakes("4x4-slippery", 200)]
     for moves, expected in ((10, 0.10), (30, 0.63), (100, 0.89)):
         mean = sum(fl.optimal_success(lake, moves) for lake in corner) / len(corner)
         assert abs(mean - expected) < 0.04, (moves, mean)
