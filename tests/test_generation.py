@@ -149,3 +149,34 @@ def test_a_sampled_pad_token_at_the_cap_stays_in_the_response(nb):
     assert tokenizer.pad_token_id == last != tokenizer.eos_token_id
     held = nb.generate(model, tokenizer, PROMPTS, config, greedy=True, show_progress=False)
     assert held.response_ids[row] == free.response_ids[row]
+
+
+def test_follow_up_prompts_join_as_their_turns_end_and_stay_exact(nb, monkeypatch):
+    """Episodes through the sampler: when a response ends, `follow_up` may queue a longer prompt (the context so far
+    plus an observation), which joins free slots while other rows still decode. Every turn's greedy response is
+    `generate`'s for that context, whatever the slots, sorting and dropped columns."""
+    model, tokenizer, eos_id = sharp_float64_model(nb, seed=3)
+    monkeypatch.setattr(torch_sampler, "SORT_EVERY", 3)
+    monkeypatch.setattr(torch_sampler, "DROP_COLUMNS_AT", 2)
+    observation = tokenizer(" then ", add_special_tokens=False)["input_ids"]
+    starts = tokenizer([f"User: {i * 5 % 17} go" for i in range(6)], add_special_tokens=False)["input_ids"]
+    turns = 3
+    for slots in (6, 2):
+        prompts, turn_of = list(starts), [1] * len(starts)  # row -> its prompt and its turn
+
+        def follow_up(row, response):
+            if turn_of[row] == turns:
+                return None
+            prompts.append(prompts[row] + response + observation)
+            turn_of.append(turn_of[row] + 1)
+            return prompts[-1]
+        responses, stats = nb.sample_with_model(model, starts, 1, True, 1.0, 12, {eos_id}, tokenizer.pad_token_id,
+                                                slots, follow_up=follow_up, max_prompt_tokens=200)
+        assert len(responses) == len(prompts) == len(starts) * turns and stats.prefills > 2
+        ids, mask = torch_sampler.left_padded(prompts, tokenizer.pad_token_id, "cpu")
+        output = model.generate(input_ids=ids, attention_mask=mask, generation_config=GenerationConfig(
+            do_sample=False, max_new_tokens=12, eos_token_id=[eos_id], pad_token_id=tokenizer.pad_token_id))
+        assert responses == [nb.trim_at_eos(row, {eos_id}) for row in output[:, ids.shape[1]:].tolist()], f"slots={slots}"
+    with pytest.raises(ValueError, match="max_prompt_tokens"):
+        nb.sample_with_model(model, starts, 1, True, 1.0, 12, {eos_id}, tokenizer.pad_token_id, 2,
+                             follow_up=lambda row, response: starts[0] * 40, max_prompt_tokens=50)

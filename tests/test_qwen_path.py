@@ -1,7 +1,7 @@
 """The Qwen2.5 presets' code path without downloads: a tiny Qwen2.5-shaped model (same architecture
 class, Qwen2.5's tokenizer and vocabulary, pad token = EOS as in Qwen2.5 base) saved to a temporary folder
 and passed as `model_name`, through the whole notebook in bfloat16 with gradient checkpointing, sampling with
-vLLM as the presets do (head size 32, which vLLM's CPU attention supports)."""
+vLLM as the presets do (head size 32, which vLLM's CPU attention supports), FrozenLake's episodes included."""
 import json
 import sys
 
@@ -31,10 +31,11 @@ def test_qwen_preset_runs_end_to_end_on_a_local_qwen_shaped_model(tmp_path):
     overrides = {"model_name": str(model_dir), "cache_dir": str(tmp_path / "cache"), "train_prompts_per_task": 8,
                  "test_prompts_per_task": 4, "eval_prompts_per_task": 4, "max_new_tokens": 24, "num_ref_samples": 2,
                  "prompts_per_step": 4, "micro_batch_size": 2, "pass_k": 2, "checkpoint_every": 1, "eval_every": 1,
-                 "generation_batch_size": 16}
+                 "generation_batch_size": 16, "max_turns": 2, "max_turn_tokens": 16}
     executed = tmp_path / "executed.ipynb"
     run_checked([sys.executable, "-m", "papermill", str(NOTEBOOK_PATH), str(executed), "-p", "preset", "qwen2.5-0.5b",
                     "-p", "train_steps", "2", "-p", "output_dir", str(tmp_path / "results"), "-p", "run_name", "qwen",
+                    "-p", "tasks", "countdown,multiplication,frozenlake",
                     "-y", f"config_overrides: {yaml.safe_dump(overrides, default_flow_style=True)}", "--no-progress-bar"])
     run_dir = tmp_path / "results" / "qwen"
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -49,5 +50,6 @@ def test_qwen_preset_runs_end_to_end_on_a_local_qwen_shaped_model(tmp_path):
     notebook = nbformat.read(str(executed), as_version=4)
     printed = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "A dialogue between a User and an Assistant" in printed  # the TinyZero-style prompt was used
+    assert "You are P on a frozen lake" in printed and 1 <= summary["trained"]["frozenlake"]["greedy_turns"] <= 2
     trained = AutoModelForCausalLM.from_pretrained(run_dir / "final_model")
     assert type(trained).__name__ == "Qwen2ForCausalLM" and trained.config.num_key_value_heads == 2

@@ -51,6 +51,45 @@ def require_level(level: str) -> None:
         raise ValueError(f"unknown FrozenLake level {level!r}; the levels are {sorted(LEVELS)}")
 
 
+def state_of(rows: tuple[str, ...], position: tuple[int, int]) -> int:
+    """gymnasium's state number of the tile at (row, column)."""
+    return position[0] * len(rows[0]) + position[1]
+
+
+def position_of(rows: tuple[str, ...], state) -> tuple[int, int]:
+    """(row, column) of gymnasium's state number `state`."""
+    return divmod(int(state), len(rows[0]))
+
+
+MOVES = ((0, -1), (1, 0), (0, 1), (-1, 0))  # (row, column) step of each action, in gymnasium's order
+
+
+def neighbour(rows: tuple[str, ...], position: tuple[int, int], action: int) -> tuple[int, int]:
+    """Where `action` leads from `position` on ice that does not slip (the edge stops a move)."""
+    r, c = position[0] + MOVES[action][0], position[1] + MOVES[action][1]
+    return (r, c) if 0 <= r < len(rows) and 0 <= c < len(rows[0]) else position
+
+
+def shortest_path(rows: tuple[str, ...], start: tuple[int, int]) -> list[int] | None:
+    """The fewest actions from `start` to the goal over tiles that are not holes, on ice that does not slip
+    (breadth-first, actions tried in gymnasium's order), or None when the goal cannot be reached."""
+    previous, queue = {start: None}, deque([start])
+    while queue:
+        here = queue.popleft()
+        if rows[here[0]][here[1]] == "G":
+            path = []
+            while previous[here] is not None:
+                here, action = previous[here]
+                path.append(action)
+            return path[::-1]
+        for action in range(len(MOVES)):
+            there = neighbour(rows, here, action)
+            if there not in previous and rows[there[0]][there[1]] != "H":
+                previous[there] = (here, action)
+                queue.append(there)
+    return None
+
+
 def tiles_that_reach_the_goal(rows: tuple[str, ...]) -> list[tuple[int, int]]:
     """Every tile that is not a hole and has a path of non-hole tiles to the goal (moves are reversible)."""
     side = len(rows)
@@ -108,7 +147,7 @@ class Episode:
 
     @property
     def position(self) -> tuple[int, int]:
-        return divmod(int(self.state), len(self.lake.rows[0]))
+        return position_of(self.lake.rows, self.state)
 
     @property
     def done(self) -> bool:
@@ -156,8 +195,7 @@ def best_actions_and_values(lake: Lake, moves: int) -> tuple[list[list[int]], li
 
 def optimal_success(lake: Lake, moves: int) -> float:
     """The chance that the best policy reaches the goal from the start within `moves` moves."""
-    row, column = lake.start
-    return best_actions_and_values(lake, moves)[1][row * len(lake.rows[0]) + column]
+    return best_actions_and_values(lake, moves)[1][state_of(lake.rows, lake.start)]
 
 
 def play(lake: Lake, max_turns: int, choose) -> Episode:

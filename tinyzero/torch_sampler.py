@@ -162,7 +162,8 @@ def left_padded(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.
 def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: int, greedy: bool,
                       temperature: float, max_new_tokens: int, eos_ids: set, pad_id: int, slots: int,
                       refill: bool = True, banned_first_tokens: tuple = (), show_progress: bool = False,
-                      desc: str = "sampling") -> tuple[list[list[int]], SamplerStats]:
+                      desc: str = "sampling", follow_up=None, max_prompt_tokens: int = 0
+                      ) -> tuple[list[list[int]], SamplerStats]:
     """Response token ids for each prompt repeated `samples_per_prompt` times (response i answers prompt
     i // samples_per_prompt), each up to and including its first EOS, and what the sampling cost.
 
@@ -172,9 +173,15 @@ def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: in
 
     Attention runs per group of slots over the columns from the first that the group's oldest response needs,
     and every `SORT_EVERY` steps the slots are sorted by age, so that short responses do not pay for the long
-    ones' prefixes."""
+    ones' prefixes.
+
+    With `follow_up`, a response that ends may bring a new prompt: `follow_up(i, response_i)` returns the token ids
+    of a prompt to answer next (queued like the others, as response len(responses so far)), or None. This is how
+    episodes run, each turn's next context joining as soon as its environment has answered; `max_prompt_tokens`
+    must then bound the length of every prompt it may return."""
     AttentionInterface.register(WINDOWED_ATTENTION, windowed_attention)
     device = next(model.parameters()).device
+    prompt_ids = list(prompt_ids)
     rows = [prompt for prompt in range(len(prompt_ids)) for _ in range(samples_per_prompt)]
     responses: list = [None] * len(rows)
     stats = SamplerStats()
@@ -182,7 +189,7 @@ def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: in
         return responses, stats
     slots = max(1, min(slots, len(rows)))
     eos = torch.tensor(sorted(eos_ids), device=device)
-    longest_prompt = max(len(prompt_ids[prompt]) for prompt in rows)
+    longest_prompt = max(max_prompt_tokens, max(len(prompt_ids[prompt]) for prompt in rows))
     cache = SlotCache(model.config, slots, 2 * (longest_prompt + max_new_tokens) + 2, model.dtype, device)
     cache.length = longest_prompt  # every prompt that joins ends at the current column, so it always fits
     mask = torch.zeros((slots, cache.capacity), dtype=torch.bool, device=device)
@@ -200,6 +207,14 @@ def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: in
         ended = (candidates & (torch.isin(last_tokens, eos) | (counts >= max_new_tokens))).nonzero().squeeze(-1)
         for slot, row, count in zip(ended.tolist(), slot_row[ended].tolist(), counts[ended].tolist()):
             responses[row] = generated[slot, :count].tolist()
+            following = follow_up(row, responses[row]) if follow_up is not None else None
+            if following is not None:
+                if len(following) > longest_prompt:
+                    raise ValueError(f"a follow-up prompt of {len(following)} tokens exceeds max_prompt_tokens="
+                                     f"{longest_prompt}")
+                prompt_ids.append(list(following))
+                rows.append(len(prompt_ids) - 1)
+                responses.append(None)
         slot_row[ended] = -1
         bar.update(len(ended))
 
@@ -239,14 +254,16 @@ def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: in
     while True:
         free = (slot_row < 0).nonzero().squeeze(-1)
         waiting = len(rows) - next_row
-        if waiting and (len(free) == len(slot_row) or (refill and len(free) >= min(slots // 8 or 1, waiting))):
+        # prefill in batches: once an eighth of the slots is free, or (without follow-ups) all that still wait fit
+        batch = (slots // 8 or 1) if follow_up is not None else min(slots // 8 or 1, waiting)
+        if waiting and (len(free) == len(slot_row) or (refill and len(free) >= batch)):
             fill(free)
             continue
         active = slot_row >= 0
         live = int(active.sum())
         if live == 0:
             break
-        if not waiting and live <= len(slot_row) // 2:  # the tail: shrink the batch to the live slots
+        if not waiting and follow_up is None and live <= len(slot_row) // 2:  # the tail: shrink to the live slots
             keep = active.nonzero().squeeze(-1)
             cache.keep(keep)
             for i, tensor in enumerate(per_slot):
@@ -255,7 +272,7 @@ def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: in
             active = active[keep]
         # drop the columns before the oldest live prompt once there are enough of them (a joining prompt must
         # still fit before the current column)
-        unread = min(int(starts[active].min()), cache.length - (longest_prompt if waiting else 0))
+        unread = min(int(starts[active].min()), cache.length - (longest_prompt if waiting or follow_up else 0))
         if unread >= DROP_COLUMNS_AT or cache.length + 1 > cache.capacity:
             cache.drop_columns(unread)
             mask[:, :cache.length] = mask[:, unread:unread + cache.length].clone()
