@@ -98,6 +98,33 @@ def test_reading_hostile_answers_never_raises_and_stays_fast():
     assert time.perf_counter() - started < 10  # linear work; a backtracking reader would take minutes
 
 
+def test_a_worked_turn_names_each_tile_as_the_lake_shows_it():
+    """Every tile a worked turn mentions is where the move leads and reads as the rendered lake shows it; a
+    move it turns down (`no`) leads closer to the goal and comes before the move taken in Down, Right, Up, Left."""
+    holes_seen = 0
+    for lake in lakes("6x6", 40, seed=3):
+        path = fl.shortest_path(lake.rows, lake.start)
+        shown = fl.render(lake.rows, (-1, -1)).splitlines()  # the lake with no player drawn on it
+        goal = fl.goal_of(lake.rows)
+        assert lake.rows[goal[0]][goal[1]] == "G"
+        words = fl.worked_turn(lake.rows, lake.start, path[:2]).split()
+        assert words[:4] == ["at", f"{lake.start[0]},{lake.start[1]}", "goal", f"{goal[0]},{goal[1]}"]
+        position, rest = lake.start, words[4:]
+        for action in path[:2]:
+            while rest[3:4] == ["no"]:
+                name, (r, c), tile = rest[0], map(int, rest[1].split(",")), rest[2]
+                other = fl.ACTION_NAMES.index(name)
+                assert fl.TOWARD_GOAL_ORDER.index(other) < fl.TOWARD_GOAL_ORDER.index(action)
+                assert fl.neighbour(lake.rows, position, other) == (r, c) and shown[r][c] == tile
+                holes_seen += tile == "O"
+                rest = rest[4:]
+            position = fl.neighbour(lake.rows, position, action)
+            assert rest[:3] == [fl.ACTION_NAMES[action], f"{position[0]},{position[1]}", shown[position[0]][position[1]]]
+            rest = rest[3:]
+        assert rest == []
+    assert holes_seen > 5  # the checks do see holes
+
+
 def test_the_optimal_policy_on_solid_ice_is_the_shortest_path():
     lake = fl.Lake("4x4", ("SFFF", "FHFH", "FFFH", "HFFG"), False, 0)  # 6 moves: down, down, right, right, down, right
     assert fl.optimal_success(lake, 5) == 0.0

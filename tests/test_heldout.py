@@ -83,7 +83,7 @@ def test_editing_any_helper_of_the_reward_changes_the_v_star_fingerprint(nb, mon
         monkeypatch.setitem(nb.__dict__, name, lambda *args, **kwargs: None)
         assert nb.code_fingerprint(roots) != before, f"{name} is not in the fingerprint"
         monkeypatch.setitem(nb.__dict__, name, original)
-    sampler_roots = roots + [nb.sample_with_model]  # the key estimate_vstar uses
+    sampler_roots = roots  # the key estimate_vstar uses: the sampler in tinyzero/ is reached through generate
     with_sampler = nb.code_fingerprint(sampler_roots)
     for name, value in (("draw_tokens", lambda *args: None), ("windowed_attention", lambda *args: None),
                         ("SLOT_GROUPS", 5)):
@@ -125,6 +125,18 @@ def test_base_model_folder_follows_its_code(nb, monkeypatch):
     before = nb.base_model_path(config, heldout)
     monkeypatch.setitem(nb.__dict__, "multiplication_trace", lambda a, b: "")
     assert nb.base_model_path(config, heldout) != before
+
+
+def test_base_model_folder_follows_the_project_package_and_not_libraries(nb, monkeypatch):
+    """Corpus code in tinyzero/ (a FrozenLake worked turn, say) is the project's: editing it makes a new base model."""
+    from tinyzero import frozenlake
+    config = nb.make_config("cpu-tiny", tasks=["frozenlake"])
+    heldout = nb.heldout_keys(nb.build_datasets(config))
+    before = nb.base_model_path(config, heldout)
+    monkeypatch.setattr(frozenlake, "TOWARD_GOAL_ORDER", (2, 1, 3, 0))
+    assert nb.base_model_path(config, heldout) != before
+    monkeypatch.undo()
+    assert nb.is_project_code(frozenlake.worked_turn, "__main__") and not nb.is_project_code(torch.tensor, "__main__")
 
 
 def another_value(nb, name: str, value):

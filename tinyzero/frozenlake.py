@@ -90,10 +90,15 @@ def shortest_path(rows: tuple[str, ...], start: tuple[int, int]) -> list[int] | 
     return None
 
 
+def goal_of(rows: tuple[str, ...]) -> tuple[int, int]:
+    """(row, column) of the goal."""
+    return next((r, c) for r, row in enumerate(rows) for c, tile in enumerate(row) if tile == "G")
+
+
 def tiles_that_reach_the_goal(rows: tuple[str, ...]) -> list[tuple[int, int]]:
     """Every tile that is not a hole and has a path of non-hole tiles to the goal (moves are reversible)."""
     side = len(rows)
-    goal = next((r, c) for r, row in enumerate(rows) for c, tile in enumerate(row) if tile == "G")
+    goal = goal_of(rows)
     seen, queue = {goal}, deque([goal])
     while queue:
         r, c = queue.popleft()
@@ -102,6 +107,29 @@ def tiles_that_reach_the_goal(rows: tuple[str, ...]) -> list[tuple[int, int]]:
                 seen.add((nr, nc))
                 queue.append((nr, nc))
     return sorted(seen)
+
+
+TOWARD_GOAL_ORDER = (1, 2, 3, 0)  # Down, Right, Up, Left: the order a worked turn considers its moves in
+
+
+def worked_turn(rows: tuple[str, ...], position: tuple[int, int], actions: list[int]) -> str:
+    """The reasoning of a turn that takes `actions` from `position`, written out for the stage 0 corpus: where
+    the player and the goal are, then for each move the moves toward the goal that come before it (Down, Right,
+    Up, Left), each with where it leads, what lies there (as the agent sees it: `_` ice, `O` a hole, `G` the
+    goal) and `no`, then the move taken with where it leads. Example: `at 2,0 goal 3,3 Down 3,0 O no Right 2,1 _`."""
+    goal = goal_of(rows)
+    distance = lambda tile: abs(tile[0] - goal[0]) + abs(tile[1] - goal[1])
+    seen = lambda tile: f"{tile[0]},{tile[1]} {TILES[rows[tile[0]][tile[1]]]}"
+    steps = [f"at {position[0]},{position[1]} goal {goal[0]},{goal[1]}"]
+    for action in actions:
+        for other in TOWARD_GOAL_ORDER:
+            if other == action:
+                break
+            if distance(neighbour(rows, position, other)) < distance(position):
+                steps.append(f"{ACTION_NAMES[other]} {seen(neighbour(rows, position, other))} no")
+        position = neighbour(rows, position, action)
+        steps.append(f"{ACTION_NAMES[action]} {seen(position)}")
+    return " ".join(steps)
 
 
 def generate_lake(rng: random.Random, level: str) -> Lake:
