@@ -394,7 +394,8 @@ def main(preset: str = "qwen2.5-0.5b", gpu: str = DEFAULT_GPU, gpus: int = 1, st
 
     --gpu: GPU type (H100, A100-80GB, L40S, ...); --gpus: how many (torchrun when > 1);
     --steps: A*PO steps (default: the preset's); --run-name: folder on the Volume (default <preset>-seed<seed>;
-    re-using a name resumes that run); --tasks: comma-separated (default: both); --overrides: JSON object of
+    re-using a name resumes that run); --tasks: comma-separated, of countdown, multiplication and frozenlake
+    (default: countdown,multiplication); --overrides: JSON object of
     further Config fields; --hf-secret: Modal secret with HF_TOKEN ('' for none); --timeout-hours: per attempt;
     --report-to: comma-separated live trackers (tensorboard, wandb, trackio); --wandb-secret: Modal secret with
     WANDB_API_KEY, attached when --report-to names wandb ('' for none).

@@ -98,7 +98,7 @@ def test_reading_hostile_answers_never_raises_and_stays_fast():
     assert time.perf_counter() - started < 10  # linear work; a backtracking reader would take minutes
 
 
-def test_a_worked_turn_names_each_tile_as_the_lake_shows_it():
+def test_a_checks_turn_names_each_tile_as_the_lake_shows_it():
     """Every tile a worked turn mentions is where the move leads and reads as the rendered lake shows it; a
     move it turns down (`no`) leads closer to the goal and comes before the move taken in Down, Right, Up, Left."""
     holes_seen = 0
@@ -107,7 +107,7 @@ def test_a_worked_turn_names_each_tile_as_the_lake_shows_it():
         shown = fl.render(lake.rows, (-1, -1)).splitlines()  # the lake with no player drawn on it
         goal = fl.goal_of(lake.rows)
         assert lake.rows[goal[0]][goal[1]] == "G"
-        words = fl.worked_turn(lake.rows, lake.start, path[:2]).split()
+        words = fl.checks_turn(lake.rows, lake.start, path[:2]).split()
         assert words[:4] == ["at", f"{lake.start[0]},{lake.start[1]}", "goal", f"{goal[0]},{goal[1]}"]
         position, rest = lake.start, words[4:]
         for action in path[:2]:
@@ -123,6 +123,35 @@ def test_a_worked_turn_names_each_tile_as_the_lake_shows_it():
             rest = rest[3:]
         assert rest == []
     assert holes_seen > 5  # the checks do see holes
+
+
+def test_a_neighbours_turn_reads_every_neighbour_as_the_lake_shows_it():
+    """A worked turn names what lies beyond each move as the rendered lake shows it, whichever move it makes, and
+    its move is the first (Down, Right, Up, Left) one move nearer the goal, which never enters a hole."""
+    tiles_named = set()
+    for lake in lakes("6x6", 40, seed=3):
+        shown = fl.render(lake.rows, (-1, -1)).splitlines()  # the lake with no player drawn on it
+        goal, steps = fl.goal_of(lake.rows), fl.steps_to_goal(lake.rows)
+        assert lake.rows[goal[0]][goal[1]] == "G" and steps[goal] == 0
+        assert steps[lake.start] == len(fl.shortest_path(lake.rows, lake.start))
+        position = lake.start
+        while position != goal:
+            move = fl.best_move(lake.rows, position)
+            words = fl.neighbours_turn(lake.rows, position, move).split()
+            assert words[:4] == ["at", f"{position[0]},{position[1]}", "goal", f"{goal[0]},{goal[1]}"]
+            assert words[-2:] == ["so", fl.ACTION_NAMES[move]]
+            looks = words[4:-2]
+            assert looks[0::2] == [fl.ACTION_NAMES[a] for a in fl.TOWARD_GOAL_ORDER]
+            for action, tile in zip(fl.TOWARD_GOAL_ORDER, looks[1::2]):
+                there = fl.neighbour(lake.rows, position, action)
+                assert tile == (fl.EDGE if there == position else shown[there[0]][there[1]])
+                tiles_named.add(tile)
+            nearer = [a for a in fl.TOWARD_GOAL_ORDER if steps.get(fl.neighbour(lake.rows, position, a)) == steps[position] - 1]
+            assert move == nearer[0]
+            position = fl.neighbour(lake.rows, position, move)
+            assert lake.rows[position[0]][position[1]] != "H"
+    assert tiles_named == {"_", "O", "G", fl.EDGE}
+    assert fl.best_move(lake.rows, goal) is None
 
 
 def test_the_optimal_policy_on_solid_ice_is_the_shortest_path():

@@ -203,14 +203,17 @@ def test_base_model_key_follows_the_corpus(nb):
     assert nb.base_model_path(with_lake, set()) != path
     assert nb.base_model_path(nb.make_config("cpu-tiny", tasks=["countdown", "multiplication", "frozenlake"],
                                              max_turns=3), set()) != nb.base_model_path(with_lake, set())
+    assert nb.base_model_path(nb.make_config("cpu-tiny", tasks=["countdown", "multiplication", "frozenlake"],
+                                             base_frozenlake_reasoning="neighbours"), set()) != nb.base_model_path(with_lake, set())
 
 
-def test_corpus_episodes_play_the_format(nb):
-    config = nb.make_config("cpu-tiny", tasks=["frozenlake"])
+@pytest.mark.parametrize("reasoning, marker", [("checks", " no "), ("neighbours", " so ")])
+def test_corpus_episodes_play_the_format(nb, reasoning, marker):
+    config = nb.make_config("cpu-tiny", tasks=["frozenlake"], base_frozenlake_reasoning=reasoning)
     documents = nb.build_corpus(config, set(), 60, random.Random(0))
     assert all(d.startswith("User: reach G\n") for d in documents)
     worked = [d for d in documents if " goal " in d]
-    assert worked and len(worked) < len(documents)
+    assert worked and len(worked) < len(documents) and any(marker in d for d in worked)
     for document in documents:  # every turn's answer is readable, and the turns are separated by EOS
         turns = document.split(nb.EOS_TOKEN)
         assert len(turns) <= config.max_turns
@@ -233,6 +236,7 @@ def test_held_out_lakes_are_unseen(nb):
     (dict(max_turns=0), "max_turns"),
     (dict(actions_per_turn=1.5), "actions_per_turn"),
     (dict(max_turn_tokens=0), "max_turn_tokens"),
+    (dict(base_frozenlake_reasoning="both"), "base_frozenlake_reasoning"),
     (dict(base_frozenlake_share=1.5), "base_frozenlake_share"),
     (dict(base_frozenlake_levels=("4x4", "lake")), "base_frozenlake_levels"),
 ])

@@ -136,7 +136,7 @@ def test_base_model_folder_follows_the_project_package_and_not_libraries(nb, mon
     monkeypatch.setattr(frozenlake, "TOWARD_GOAL_ORDER", (2, 1, 3, 0))
     assert nb.base_model_path(config, heldout) != before
     monkeypatch.undo()
-    assert nb.is_project_code(frozenlake.worked_turn, "__main__") and not nb.is_project_code(torch.tensor, "__main__")
+    assert nb.is_project_code(frozenlake.checks_turn, "__main__") and not nb.is_project_code(torch.tensor, "__main__")
 
 
 def another_value(nb, name: str, value):

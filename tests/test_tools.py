@@ -1,11 +1,13 @@
-"""tools/base_model_modes.py runs on a tiny base model and reports consistent figures."""
+"""The tools in tools/ run on a tiny base model and report consistent figures."""
 import importlib.util
 import json
 import pathlib
 import subprocess
 import sys
+import types
 
 import pytest
+import torch
 
 TOOL = pathlib.Path(__file__).resolve().parent.parent / "tools" / "base_model_modes.py"
 
@@ -127,3 +129,50 @@ def test_stage1_accuracy_needs_the_benchmarks_runs_and_says_so(tmp_path):
     assert "no finished apo-lr0.0003 run for seeds [0]" in result.stderr
     assert "run_benchmarks.py --size cpu-tiny" in result.stderr
     assert not (tmp_path / "out").exists()  # nothing is run before the check
+
+
+class EchoModel(torch.nn.Module):
+    """Guesses each next token from the sequence itself (a perfect reader), or always `fixed` when given."""
+
+    def __init__(self, vocab_size: int, fixed: int | None = None):
+        super().__init__()
+        self.vocab_size, self.fixed = vocab_size, fixed
+
+    def forward(self, ids):
+        following = torch.cat([ids[:, 1:], ids[:, -1:]], dim=1) if self.fixed is None else torch.full_like(ids, self.fixed)
+        return types.SimpleNamespace(logits=torch.nn.functional.one_hot(following, self.vocab_size).float())
+
+
+@pytest.mark.parametrize("reasoning", ["checks", "neighbours"])
+def test_the_frozenlake_probe_scores_each_token_that_needs_the_lake(nb, reasoning):
+    probe = load_tool("frozenlake_probe")
+    config = nb.make_config("cpu-tiny", tasks=["frozenlake"], base_frozenlake_reasoning=reasoning)
+    tokenizer = nb.build_char_tokenizer()
+    lakes = nb.build_datasets(config)["frozenlake"]["by_level"]["6x6"][:6]
+    perfect = [answer for lake in lakes for answer in probe.probe_lake(nb, EchoModel(len(tokenizer)), tokenizer, lake, config)]
+    assert {asked for asked, _ in perfect} >= {"position", "Down _", "Right _", "Up _", "Left _"} - \
+        ({"Up _", "Left _"} if reasoning == "checks" else set())  # 6x6 goals lie down and right
+    assert sum(asked == "position" for asked, _ in perfect) == 6 and all(right for _, right in perfect)
+    assert any(asked.endswith(" O") for asked, _ in perfect)  # holes are asked about
+    if reasoning == "neighbours":  # the position, four tiles and the move made, on every lake
+        assert len(perfect) == 6 * 6
+    ice = tokenizer.convert_tokens_to_ids("_")
+    always_ice = [answer for lake in lakes for answer in probe.probe_lake(nb, EchoModel(len(tokenizer), ice), tokenizer, lake, config)]
+    assert all(right == asked.endswith(" _") for asked, right in always_ice)
+
+
+def test_the_frozenlake_probe_reports_every_level(tiny_cache):
+    result = subprocess.run([sys.executable, str(TOOL.parent / "frozenlake_probe.py"), "--preset", "cpu-tiny", "--lakes",
+                             "3", "--cache-dir", str(tiny_cache)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert sorted(report["levels"]) == ["4x4", "4x4-slippery", "6x6"]
+    for figures in report["levels"].values():
+        assert figures["lakes"] == 3 and figures["count"]["position"] == 3
+        assert 3 <= sum(n for asked, n in figures["count"].items() if asked != "position") <= 4 * 3
+        assert all(0.0 <= value <= 1.0 for value in figures["accuracy"].values())
+    saved = TOOL.parent.parent / report["model"]  # the same model given as a saved folder: the same figures
+    again = subprocess.run([sys.executable, str(TOOL.parent / "frozenlake_probe.py"), "--preset", "cpu-tiny", "--lakes",
+                            "3", "--model", str(saved)], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads(again.stdout)["levels"] == report["levels"]

@@ -110,26 +110,67 @@ def tiles_that_reach_the_goal(rows: tuple[str, ...]) -> list[tuple[int, int]]:
 
 
 TOWARD_GOAL_ORDER = (1, 2, 3, 0)  # Down, Right, Up, Left: the order a worked turn considers its moves in
+EDGE = "edge"  # what a worked turn says lies beyond the lake's edge
 
 
-def worked_turn(rows: tuple[str, ...], position: tuple[int, int], actions: list[int]) -> str:
-    """The reasoning of a turn that takes `actions` from `position`, written out for the stage 0 corpus: where
-    the player and the goal are, then for each move the moves toward the goal that come before it (Down, Right,
-    Up, Left), each with where it leads, what lies there (as the agent sees it: `_` ice, `O` a hole, `G` the
-    goal) and `no`, then the move taken with where it leads. Example: `at 2,0 goal 3,3 Down 3,0 O no Right 2,1 _`."""
+def seen(rows: tuple[str, ...], position: tuple[int, int], action: int) -> str:
+    """What lies where `action` leads from `position`, as the agent sees the lake: `_` ice, `O` a hole, `G` the goal,
+    `edge` off the lake."""
+    there = neighbour(rows, position, action)
+    return EDGE if there == position else TILES[rows[there[0]][there[1]]]
+
+
+def checks_turn(rows: tuple[str, ...], position: tuple[int, int], actions: list[int]) -> str:
+    """Worked reasoning that checks moves toward the goal (stage 0's `checks` form): where the player and the goal
+    are, then for each move made, the moves toward the goal that come before it (Down, Right, Up, Left), each with
+    where it leads, what lies there and `no`, then the move made with where it leads and what lies there.
+    Example: `at 2,0 goal 3,3 Down 3,0 O no Right 2,1 _`."""
     goal = goal_of(rows)
     distance = lambda tile: abs(tile[0] - goal[0]) + abs(tile[1] - goal[1])
-    seen = lambda tile: f"{tile[0]},{tile[1]} {TILES[rows[tile[0]][tile[1]]]}"
+    where = lambda tile: f"{tile[0]},{tile[1]} {TILES[rows[tile[0]][tile[1]]]}"
     steps = [f"at {position[0]},{position[1]} goal {goal[0]},{goal[1]}"]
     for action in actions:
         for other in TOWARD_GOAL_ORDER:
             if other == action:
                 break
             if distance(neighbour(rows, position, other)) < distance(position):
-                steps.append(f"{ACTION_NAMES[other]} {seen(neighbour(rows, position, other))} no")
+                steps.append(f"{ACTION_NAMES[other]} {where(neighbour(rows, position, other))} no")
         position = neighbour(rows, position, action)
-        steps.append(f"{ACTION_NAMES[action]} {seen(position)}")
+        steps.append(f"{ACTION_NAMES[action]} {where(position)}")
     return " ".join(steps)
+
+
+def steps_to_goal(rows: tuple[str, ...]) -> dict[tuple[int, int], int]:
+    """The fewest moves from each tile that reaches the goal to the goal, over tiles that are not holes."""
+    goal = goal_of(rows)
+    steps, queue = {goal: 0}, deque([goal])
+    while queue:
+        here = queue.popleft()
+        for action in range(len(MOVES)):
+            there = neighbour(rows, here, action)
+            if there not in steps and rows[there[0]][there[1]] != "H":
+                steps[there] = steps[here] + 1
+                queue.append(there)
+    return steps
+
+
+def best_move(rows: tuple[str, ...], position: tuple[int, int]) -> int | None:
+    """The first move, in the order Down, Right, Up, Left, onto a tile one move nearer the goal on a path that
+    avoids holes (on ice that does not slip); None on the goal or where the goal cannot be reached."""
+    steps = steps_to_goal(rows)
+    if position not in steps or steps[position] == 0:
+        return None
+    return next(action for action in TOWARD_GOAL_ORDER if steps.get(neighbour(rows, position, action)) == steps[position] - 1)
+
+
+def neighbours_turn(rows: tuple[str, ...], position: tuple[int, int], action: int) -> str:
+    """Worked reasoning that reads every neighbour (stage 0's `neighbours` form): where the player and the goal are,
+    then every move in the order Down, Right, Up, Left with what lies where it leads, then the move made.
+    Example: `at 2,0 goal 3,3 Down O Right _ Up _ Left edge so Right`. Every tile is named whichever move is made,
+    so what a tile holds can only be read off the lake, never guessed from the move."""
+    goal = goal_of(rows)
+    looks = " ".join(f"{ACTION_NAMES[other]} {seen(rows, position, other)}" for other in TOWARD_GOAL_ORDER)
+    return f"at {position[0]},{position[1]} goal {goal[0]},{goal[1]} {looks} so {ACTION_NAMES[action]}"
 
 
 def generate_lake(rng: random.Random, level: str) -> Lake:
