@@ -97,16 +97,7 @@ def goal_of(rows: tuple[str, ...]) -> tuple[int, int]:
 
 def tiles_that_reach_the_goal(rows: tuple[str, ...]) -> list[tuple[int, int]]:
     """Every tile that is not a hole and has a path of non-hole tiles to the goal (moves are reversible)."""
-    side = len(rows)
-    goal = goal_of(rows)
-    seen, queue = {goal}, deque([goal])
-    while queue:
-        r, c = queue.popleft()
-        for nr, nc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
-            if 0 <= nr < side and 0 <= nc < side and (nr, nc) not in seen and rows[nr][nc] != "H":
-                seen.add((nr, nc))
-                queue.append((nr, nc))
-    return sorted(seen)
+    return sorted(steps_to_goal(rows))
 
 
 TOWARD_GOAL_ORDER = (1, 2, 3, 0)  # Down, Right, Up, Left: the order a worked turn considers its moves in
@@ -120,20 +111,26 @@ def seen(rows: tuple[str, ...], position: tuple[int, int], action: int) -> str:
     return EDGE if there == position else TILES[rows[there[0]][there[1]]]
 
 
+def nearer_the_goal(rows: tuple[str, ...], position: tuple[int, int], action: int) -> bool:
+    """Whether `action` brings the player nearer the goal as the crow flies (rows plus columns), holes or not."""
+    goal = goal_of(rows)
+    distance = lambda tile: abs(tile[0] - goal[0]) + abs(tile[1] - goal[1])
+    return distance(neighbour(rows, position, action)) < distance(position)
+
+
 def checks_turn(rows: tuple[str, ...], position: tuple[int, int], actions: list[int]) -> str:
     """Worked reasoning that checks moves toward the goal (stage 0's `checks` form): where the player and the goal
     are, then for each move made, the moves toward the goal that come before it (Down, Right, Up, Left), each with
     where it leads, what lies there and `no`, then the move made with where it leads and what lies there.
     Example: `at 2,0 goal 3,3 Down 3,0 O no Right 2,1 _`."""
     goal = goal_of(rows)
-    distance = lambda tile: abs(tile[0] - goal[0]) + abs(tile[1] - goal[1])
     where = lambda tile: f"{tile[0]},{tile[1]} {TILES[rows[tile[0]][tile[1]]]}"
     steps = [f"at {position[0]},{position[1]} goal {goal[0]},{goal[1]}"]
     for action in actions:
         for other in TOWARD_GOAL_ORDER:
             if other == action:
                 break
-            if distance(neighbour(rows, position, other)) < distance(position):
+            if nearer_the_goal(rows, position, other):
                 steps.append(f"{ACTION_NAMES[other]} {where(neighbour(rows, position, other))} no")
         position = neighbour(rows, position, action)
         steps.append(f"{ACTION_NAMES[action]} {where(position)}")

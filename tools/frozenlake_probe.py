@@ -20,7 +20,7 @@ from base_model_modes import config_override
 from stage0_tools import ROOT, base_model_arguments, load_base_model, load_notebook_module
 
 sys.path.insert(0, str(ROOT))
-from tinyzero.frozenlake import ACTION_NAMES, best_move, checks_turn, goal_of, neighbour, neighbours_turn  # noqa: E402
+from tinyzero.frozenlake import ACTION_NAMES, best_move, checks_turn, nearer_the_goal, neighbours_turn  # noqa: E402
 
 
 def guessed(model, tokenizer, prompt: str, reasoning: str, answer: str) -> bool:
@@ -39,10 +39,8 @@ def probe_lake(nb, model, tokenizer, problem, config) -> list[tuple[str, bool]]:
     rows, position, prompt = problem.lake.rows, problem.lake.start, nb.prompt_for(problem, config)
     asked = [("position", guessed(model, tokenizer, prompt, " at ", f"{position[0]},{position[1]}"))]
     if config.base_frozenlake_reasoning == "checks":  # the moves toward the goal: where the corpus checks for holes
-        goal = goal_of(rows)
-        distance = lambda tile: abs(tile[0] - goal[0]) + abs(tile[1] - goal[1])
         for action, name in enumerate(ACTION_NAMES):
-            if distance(neighbour(rows, position, action)) < distance(position):
+            if nearer_the_goal(rows, position, action):
                 *reasoning, tile = checks_turn(rows, position, [action]).split(" ")
                 asked.append((f"{name} {tile}", guessed(model, tokenizer, prompt, " " + " ".join(reasoning) + " ", tile)))
         return asked
