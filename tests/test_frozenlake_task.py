@@ -207,6 +207,19 @@ def test_base_model_key_follows_the_corpus(nb):
                                              base_frozenlake_reasoning="neighbours"), set()) != nb.base_model_path(with_lake, set())
 
 
+@pytest.mark.parametrize("share", [0.2, 0.5])
+def test_frozenlake_shares_the_corpus_by_characters_and_stage0_grows_to_make_room(nb, share):
+    tasks = ["countdown", "multiplication", "frozenlake"]
+    config = nb.make_config("cpu-tiny", tasks=tasks, base_frozenlake_share=share)
+    documents = nb.build_corpus(config, set(), 400, random.Random(0))
+    episodes = [d for d in documents if d.startswith("User: reach G")]
+    assert 0 < len(episodes) < share * len(documents)  # an episode is longer than an arithmetic document
+    assert sum(map(len, episodes)) / sum(map(len, documents)) == pytest.approx(share, abs=0.03)
+    assert nb.stage0_steps(config) == round(config.base_pretrain_steps / (1 - share))
+    assert nb.stage0_steps(nb.make_config("cpu-tiny", tasks=["frozenlake"], base_frozenlake_share=share)) == \
+        nb.stage0_steps(nb.make_config("cpu-tiny")) == config.base_pretrain_steps
+
+
 @pytest.mark.parametrize("reasoning, marker", [("checks", " no "), ("neighbours", " so ")])
 def test_corpus_episodes_play_the_format(nb, reasoning, marker):
     config = nb.make_config("cpu-tiny", tasks=["frozenlake"], base_frozenlake_reasoning=reasoning)
@@ -238,6 +251,8 @@ def test_held_out_lakes_are_unseen(nb):
     (dict(max_turn_tokens=0), "max_turn_tokens"),
     (dict(base_frozenlake_reasoning="both"), "base_frozenlake_reasoning"),
     (dict(base_frozenlake_share=1.5), "base_frozenlake_share"),
+    (dict(base_frozenlake_share=1.0), "base_frozenlake_share"),
+    (dict(base_frozenlake_share=0.0), "base_frozenlake_share"),
     (dict(base_frozenlake_levels=("4x4", "lake")), "base_frozenlake_levels"),
 ])
 def test_bad_frozenlake_fields_name_the_field(nb, overrides, message):
