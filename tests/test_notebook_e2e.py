@@ -10,6 +10,7 @@ from notebook_runs import kill_after_steps, papermill_command, run_checked
 
 TRAIN_STEPS = 8
 REFRESH_EVERY = 3  # the reference is refreshed at steps 3 and 6, so the killed run below resumes past a refresh
+SEARCH = dict(search_budgets=[1, 2], search_k=2, search_prompts_per_task=4, search_value_samples=1)  # tiny test-time search
 METRIC_KEYS = {"step", "reward", "accuracy", "loss", "advantage", "kl", "entropy", "response_tokens", "step_seconds",
                "tokens_per_second", "peak_memory_mb", "grad_norm", "lr"}
 
@@ -20,7 +21,7 @@ def finished_run(tmp_path_factory):
     executed = str(root / "executed.ipynb")
     started = time.time()
     run_checked(papermill_command(executed, str(root / "results"), str(root / "cache"), TRAIN_STEPS,
-                                  reference_refresh_every=REFRESH_EVERY))
+                                  reference_refresh_every=REFRESH_EVERY, **SEARCH))
     return {"root": root, "run_dir": root / "results" / "tiny", "executed": executed, "seconds": time.time() - started}
 
 
@@ -96,3 +97,22 @@ def test_killed_run_resumes_without_lost_or_repeated_steps(finished_run):
     reference = [json.loads(line) for line in (finished_run["run_dir"] / "metrics.jsonl").read_text().splitlines()]
     for a, b in zip(resumed, reference):  # exact resume: same data, same samples, same updates
         assert a["reward"] == pytest.approx(b["reward"]) and a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+
+
+def test_search_compares_every_method_at_every_budget(finished_run):
+    run_dir = finished_run["run_dir"]
+    report = json.loads((run_dir / "search.json").read_text())
+    assert set(report) == {"countdown", "multiplication"}
+    for task, by_model in report.items():
+        assert set(by_model) == {"base", "trained"}
+        for result in by_model.values():
+            head = result["value_head"]
+            assert head["examples"] > 0 and math.isfinite(head["held_out_mse"]) and head["mean_response_tokens"] > 0
+            rows = {(r["method"], r["budget_multiple"]): r for r in result["rows"]}
+            assert set(rows) == {("greedy", 1), ("one sample", 1)} | {
+                (method, multiple) for method in ("best-of-n by value", "oracle pass@n", "A* search") for multiple in (1, 2)}
+            for multiple in (1, 2):
+                assert rows[("A* search", multiple)]["mean_sampled_tokens"] <= round(multiple * head["mean_response_tokens"])
+                assert rows[("oracle pass@n", multiple)]["accuracy"] >= rows[("best-of-n by value", multiple)]["accuracy"]
+    data = (run_dir / "search.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
