@@ -229,3 +229,35 @@ def test_pip_commands_install_pinned_requirements():
         assert words[:2] == ["pip", "install"]
         for package in words[2:]:
             assert re.search(rf"^{package}==", (ROOT / "requirements.txt").read_text(), flags=re.M), package
+
+
+def readme_setting(text: str):
+    """A value as README's settings table writes it: a number, `a string`, off/on, none or (), else None (prose)."""
+    text = text.strip()
+    words = {"off": False, "on": True, "none": (), "()": ()}
+    if text in words:
+        return words[text]
+    if re.fullmatch(r"`[^`]+`", text):
+        return text.strip("`")
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def test_the_settings_table_gives_the_cpu_presets_values(nb):
+    config = nb.make_config("cpu")
+    section = (ROOT / "README.md").read_text().split("## Settings that matter", 1)[1].split("\n## ", 1)[0]
+    checked = 0
+    for row in (line for line in section.splitlines() if line.startswith("| `")):
+        names, cpu_values = row.split("|")[1:3]
+        names = re.findall(r"`([a-z0-9_]+)`", names)
+        values = [readme_setting(v) for v in cpu_values.split(",")] if len(names) > 1 else [readme_setting(cpu_values)]
+        for name, value in zip(names, values):
+            if value is None or not hasattr(config, name):
+                continue
+            actual = getattr(config, name)
+            assert (actual == value if not isinstance(value, float) else float(actual) == pytest.approx(value)), \
+                f"README's settings table says {name} = {value!r} for cpu; the preset has {actual!r}"
+            checked += 1
+    assert checked >= 20
