@@ -176,3 +176,15 @@ def test_the_frozenlake_probe_reports_every_level(tiny_cache):
                             "3", "--model", str(saved)], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads(again.stdout)["levels"] == report["levels"]
+
+
+def test_the_search_weight_is_chosen_on_training_prompts(tiny_cache):
+    result = subprocess.run([sys.executable, str(TOOL.parent / "search_weight.py"), "--preset", "cpu-tiny", "--weights",
+                             "0", "4", "--budget", "2", "--fit-prompts", "8", "--prompts", "3", "--cache-dir",
+                             str(tiny_cache)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert set(report["tasks"]) == {"countdown", "multiplication"} and report["best_weight"] in (0.0, 4.0)
+    for task in report["tasks"].values():
+        assert task["problems"] == 3 and set(task["accuracy"]) == {"0.0", "4.0"}
+        assert task["value_head"]["examples"] > 0 and task["budget_tokens"] >= 1
