@@ -173,8 +173,9 @@ def value_guided_search(prompts: list, sample, score, budget: int, k: int, weigh
     log-probability under the policy and the value head's estimate at its last token.
 
     Each round pops the `expand_per_round` best open nodes of every search that can still pay for them and expands
-    them all in one `sample` call. Every continuation of a round gets an equal share of the search's remaining
-    budget (at most the response's remaining length), so a search never samples more than `budget` tokens."""
+    them together. Each continuation may draw at most an equal share of its search's remaining budget (and of the
+    response's remaining length), rounded down to a power of two, so a search never samples more than `budget`
+    tokens and a round makes one `sample` call per distinct cap."""
     if budget < 1 or k < 1 or expand_per_round < 1:
         raise ValueError(f"budget ({budget}), k ({k}) and expand_per_round ({expand_per_round}) must be >= 1")
     counter = itertools.count()
@@ -192,14 +193,14 @@ def value_guided_search(prompts: list, sample, score, budget: int, k: int, weigh
             share = (budget - spent[p]) // (k * len(nodes)) if nodes else 0
             for node in nodes:
                 allowed = min(share, max_response_tokens - len(node.response_ids))
-                if allowed >= 1:
-                    popped.append((p, node, allowed))
+                if allowed >= 1:  # rounded down to a power of two: a round makes a few `sample` calls, not one a search
+                    popped.append((p, node, 1 << (allowed.bit_length() - 1)))
                 else:
                     heapq.heappush(frontier, node)
             over[p] = share < 1  # it cannot pay for another expansion (or has nothing left to expand)
         if not popped:
             break
-        groups: dict = {}  # one `sample` call per allowance: the continuations of a call share their cap
+        groups: dict = {}  # one `sample` call per cap: the continuations of a call share it
         for index, (_, _, allowed) in enumerate(popped):
             groups.setdefault(allowed, []).append(index)
         children = []
