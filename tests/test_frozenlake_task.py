@@ -264,6 +264,9 @@ def test_tasks_from_papermill_text_and_preset_curricula(nb):
     assert nb.make_config("cpu", tasks='["frozenlake"]').tasks == ("frozenlake",)
     assert nb.make_config("cpu", tasks="countdown, frozenlake").tasks == ("countdown", "frozenlake")
     assert set(nb.make_config("cpu", tasks=["countdown", "frozenlake"]).curriculum) == {"countdown"}
+    every = '["countdown", "multiplication", "frozenlake"]'  # as papermill's -p passes it: text
+    assert nb.make_config("cpu", tasks=every).curriculum == nb.make_config("cpu").curriculum != {}
+    assert set(nb.make_config("cpu", tasks="countdown,frozenlake").curriculum) == {"countdown"}
     with pytest.raises(ValueError, match="tasks"):
         nb.make_config("cpu", tasks="chess")
 
