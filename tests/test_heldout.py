@@ -145,6 +145,8 @@ def another_value(nb, name: str, value):
         return {"preset": "cpu-tiny" if value != "cpu-tiny" else "cpu", "device": "cpu"}.get(name, value + "-other")
     if name == "micro_batch_size":
         return value // 2
+    if isinstance(value, tuple):  # search_budgets
+        return value + (2,)
     if isinstance(value, bool):
         return not value
     if name == "vllm_memory_fraction":

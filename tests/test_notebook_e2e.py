@@ -102,8 +102,9 @@ def test_killed_run_resumes_without_lost_or_repeated_steps(finished_run):
 def test_search_compares_every_method_at_every_budget(finished_run):
     run_dir = finished_run["run_dir"]
     report = json.loads((run_dir / "search.json").read_text())
-    assert set(report) == {"countdown", "multiplication"}
-    for task, by_model in report.items():
+    assert set(report) == {"countdown 3x9", "countdown 3x20", "multiplication 2x1", "multiplication 3x1",
+                           "multiplication 2x2"}  # every level of the accuracy-by-difficulty table
+    for panel, by_model in report.items():
         assert set(by_model) == {"base", "trained"}
         for result in by_model.values():
             head = result["value_head"]

@@ -63,13 +63,40 @@ def test_nodes_are_expanded_in_order_of_f():
         return [0.0] * len(responses), [values.setdefault(tuple(r), rng.random()) for r in responses]
 
     search.value_guided_search([[5]], sample, score, budget=30, k=3, weight=1.0, max_response_tokens=50,
-                               eos_ids={EOS})
+                               eos_ids={EOS}, branch_share=1.0)  # branching throughout: pure best-first
     assert len(expanded) == 10
     open_nodes = {(): values[()]}
     for node in expanded:
         assert open_nodes[node] == max(open_nodes.values())
         del open_nodes[node]
         open_nodes.update({node + (token,): values[node + (token,)] for token in (1, 2, 3)})
+
+
+def test_after_branching_the_search_commits_to_its_best_node_and_finishes_it():
+    # one-token steps, EOS only at a response's 8th token: branching alone spends 40 tokens on short prefixes and
+    # finishes nothing; with half the budget for branching, the second half continues the best node to its end
+    def sample(contexts, k, max_new_tokens):
+        calls.append((k, [tuple(c[1:]) for c in contexts]))
+        return [[[EOS if len(context) == 8 else token] for token in range(1, k + 1)] for context in contexts]
+
+    def score(prompt_indices, responses):
+        return [-0.1 * len(r) for r in responses], [0.5 + 0.05 * sum(r) / (1 + len(r)) for r in responses]
+
+    calls = []
+    [branching_only] = search.value_guided_search([[5]], sample, score, budget=40, k=4, weight=1.0,
+                                                  max_response_tokens=20, eos_ids={EOS}, branch_share=1.0)
+    assert branching_only.finished == 0 and branching_only.sampled_tokens == 40
+    calls = []
+    [result] = search.value_guided_search([[5]], sample, score, budget=40, k=4, weight=1.0, max_response_tokens=20,
+                                          eos_ids={EOS}, branch_share=0.5)
+    assert result.finished >= 1 and result.response_ids[-1] == EOS and len(result.response_ids) == 8
+    assert result.sampled_tokens <= 40
+    committing = [contexts for k, contexts in calls if k == 1]
+    assert [k for k, _ in calls] == [4] * (len(calls) - len(committing)) + [1] * len(committing)
+    chain = [context for [context] in committing]
+    first_end = next(i for i, context in enumerate(chain) if len(context) == 7)
+    # each committed step continues the previous one until its response ends
+    assert all(chain[i + 1][:-1] == chain[i] for i in range(first_end))
 
 
 def test_frontier_pops_lowest_f_first_and_breaks_ties_by_age():

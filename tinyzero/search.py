@@ -5,12 +5,13 @@ countdown branch's `no`/`yes`, the `,` after a partial product) or at EOS. Expan
 continuations of it, each to its next boundary, from the policy; the nodes of every open search are expanded in
 one batched call. The frontier is ordered by f = g + h, A*'s form: g is the negative log-probability of the
 partial response under the policy, h = `weight` x (1 - v), with v the value head's estimate of the reward the
-finished response will earn. The search stops when its token budget cannot pay for another expansion, and returns
-the finished response the value head rates best. It never sees the task's reward: at test time the answer is
-unknown.
+finished response will earn. The first half of the budget (`branch_share`) branches; the rest commits: the best open
+node is continued one step at a time, one continuation each, until it ends, then the next best. The search stops
+when its token budget cannot pay for another step, and returns the finished response the value head rates best.
+It never sees the task's reward: at test time the answer is unknown.
 
 The value head is a small network on the policy's last hidden state at a step boundary, fit by mean squared error
-to the final reward of responses it has seen (stage 1's reference samples, or the trained policy's rollouts).
+to the final reward of responses the policy itself sampled for training prompts.
 
 This module knows nothing of models or tasks: the caller passes `sample` and `score` (see `value_guided_search`).
 """
@@ -164,7 +165,7 @@ class SearchResult:
 
 
 def value_guided_search(prompts: list, sample, score, budget: int, k: int, weight: float, max_response_tokens: int,
-                        eos_ids: set, expand_per_round: int = 1) -> list:
+                        eos_ids: set, expand_per_round: int = 1, branch_share: float = 0.5) -> list:
     """Best-first search from each prompt in `prompts` (token ids), within `budget` sampled tokens per prompt.
 
     `sample(contexts, k, max_new_tokens)` returns, for each context (prompt and partial response, token ids), `k`
@@ -172,59 +173,75 @@ def value_guided_search(prompts: list, sample, score, budget: int, k: int, weigh
     `score(prompt_indices, response_ids)` returns, for each response (token ids after prompt `prompt_indices[i]`), its
     log-probability under the policy and the value head's estimate at its last token.
 
-    Each round pops the `expand_per_round` best open nodes of every search that can still pay for them and expands
-    them together. Each continuation may draw at most an equal share of its search's remaining budget (and of the
-    response's remaining length), rounded down to a power of two, so a search never samples more than `budget`
-    tokens and a round makes one `sample` call per distinct cap."""
-    if budget < 1 or k < 1 or expand_per_round < 1:
-        raise ValueError(f"budget ({budget}), k ({k}) and expand_per_round ({expand_per_round}) must be >= 1")
+    Two phases. While a search has spent less than `branch_share` of its budget it branches: each round pops the
+    `expand_per_round` best open nodes of every search and samples `k` continuations of each. Then it commits: it
+    pops its best open node and continues it one step at a time, one continuation each, until it ends, then the next
+    best, until the budget is spent (branching alone would spend a small budget on the first steps of many
+    responses and finish none of them). Each continuation may draw at most an equal share of its search's remaining
+    budget (and of the response's remaining length), rounded down to a power of two, so a search never samples
+    more than `budget` tokens and a round makes one `sample` call per distinct cap."""
+    if budget < 1 or k < 1 or expand_per_round < 1 or not 0.0 <= branch_share <= 1.0:
+        raise ValueError(f"budget ({budget}), k ({k}) and expand_per_round ({expand_per_round}) must be >= 1 and "
+                         f"branch_share ({branch_share}) in [0, 1]")
     counter = itertools.count()
     logs, values = score(list(range(len(prompts))), [[] for _ in prompts])
     frontiers = [[Node(priority(log, value, weight), next(counter), (), log, value, False)]
                  for log, value in zip(logs, values)]
     spent, expansions = [0] * len(prompts), [0] * len(prompts)
     finished, over = [[] for _ in prompts], [False] * len(prompts)
+    committed: list = [None] * len(prompts)  # the node a committing search continues
     while True:
-        popped = []  # (prompt, node, tokens each of its continuations may draw)
+        popped = []  # (prompt, node, continuations, tokens each of them may draw)
         for p, frontier in enumerate(frontiers):
             if over[p]:
                 continue
-            nodes = [heapq.heappop(frontier) for _ in range(min(expand_per_round, len(frontier)))]
-            share = (budget - spent[p]) // (k * len(nodes)) if nodes else 0
+            branching = spent[p] < branch_share * budget
+            if branching:
+                nodes = [heapq.heappop(frontier) for _ in range(min(expand_per_round, len(frontier)))]
+            elif committed[p] is not None:
+                nodes = [committed[p]]
+            else:
+                nodes = [heapq.heappop(frontier)] if frontier else []
+            continuations = k if branching else 1
+            share = (budget - spent[p]) // (continuations * len(nodes)) if nodes else 0
             for node in nodes:
                 allowed = min(share, max_response_tokens - len(node.response_ids))
                 if allowed >= 1:  # rounded down to a power of two: a round makes a few `sample` calls, not one a search
-                    popped.append((p, node, 1 << (allowed.bit_length() - 1)))
-                else:
+                    popped.append((p, node, continuations, 1 << (allowed.bit_length() - 1)))
+                elif node is not committed[p]:
                     heapq.heappush(frontier, node)
             over[p] = share < 1  # it cannot pay for another expansion (or has nothing left to expand)
         if not popped:
             break
-        groups: dict = {}  # one `sample` call per cap: the continuations of a call share it
-        for index, (_, _, allowed) in enumerate(popped):
-            groups.setdefault(allowed, []).append(index)
+        groups: dict = {}  # one `sample` call per (continuations, cap)
+        for index, (_, _, continuations, allowed) in enumerate(popped):
+            groups.setdefault((continuations, allowed), []).append(index)
         children = []
-        for allowed, indices in groups.items():
+        for (continuations, allowed), indices in groups.items():
             contexts = [list(prompts[popped[i][0]]) + list(popped[i][1].response_ids) for i in indices]
-            for i, continuations in zip(indices, sample(contexts, k, allowed)):
-                p, node, _ = popped[i]
+            for i, drawn in zip(indices, sample(contexts, continuations, allowed)):
+                p, node, _, _ = popped[i]
                 expansions[p] += 1
-                for continuation in list(continuations)[:k]:
+                committed[p] = None
+                for continuation in list(drawn)[:continuations]:
                     continuation = tuple(continuation)[:allowed]
                     spent[p] += len(continuation)
                     if continuation:
-                        children.append((p, node.response_ids + continuation))
-        logs, values = score([p for p, _ in children], [list(response) for _, response in children])
-        for (p, response), log, value in zip(children, logs, values):
+                        children.append((p, node.response_ids + continuation, continuations == 1))
+        logs, values = score([p for p, _, _ in children], [list(response) for _, response, _ in children])
+        for (p, response, committing), log, value in zip(children, logs, values):
             ended = response[-1] in eos_ids or len(response) >= max_response_tokens
             node = Node(priority(log, value, weight), next(counter), response, log, value, ended)
             if ended:
                 finished[p].append(node)
+            elif committing and spent[p] >= branch_share * budget:
+                committed[p] = node
             else:
                 heapq.heappush(frontiers[p], node)
     results = []
     for p in range(len(prompts)):
-        pool = finished[p] or [n for n in frontiers[p] if n.response_ids] or [Node(0.0, 0, (), 0.0, 0.0, False)]
+        partial = frontiers[p] + ([committed[p]] if committed[p] is not None else [])
+        pool = finished[p] or [n for n in partial if n.response_ids] or [Node(0.0, 0, (), 0.0, 0.0, False)]
         best = max(pool, key=lambda n: (n.value, -n.order))
         results.append(SearchResult(list(best.response_ids), best.value, spent[p], expansions[p], len(finished[p])))
     return results
