@@ -115,5 +115,6 @@ def test_search_compares_every_method_at_every_budget(finished_run):
             for multiple in (1, 2):
                 assert rows[("A* search", multiple)]["mean_sampled_tokens"] <= round(multiple * head["mean_response_tokens"])
                 assert rows[("oracle pass@n", multiple)]["accuracy"] >= rows[("best-of-n by value", multiple)]["accuracy"]
-    data = (run_dir / "search.png").read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    for name in ("search.png", "search_calibration.png"):
+        data = (run_dir / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
