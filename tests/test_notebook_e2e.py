@@ -10,7 +10,7 @@ from notebook_runs import kill_after_steps, papermill_command, run_checked
 
 TRAIN_STEPS = 8
 REFRESH_EVERY = 3  # the reference is refreshed at steps 3 and 6, so the killed run below resumes past a refresh
-SEARCH = dict(search_budgets=[1, 2], search_k=2, search_prompts_per_task=4, search_value_samples=1)  # tiny test-time search
+SEARCH = dict(search_budgets=[1, 2], search_k=2)  # tiny test-time search (cpu-tiny: 4 problems a level)
 METRIC_KEYS = {"step", "reward", "accuracy", "loss", "advantage", "kl", "entropy", "response_tokens", "step_seconds",
                "tokens_per_second", "peak_memory_mb", "grad_norm", "lr"}
 

@@ -149,8 +149,6 @@ def test_the_other_notebook_commands_run_as_written(sandbox):
         printed = run_in(sandbox, command + " --inspect")
         assert "eval_greedy_accuracy" in printed or "reward" in printed, printed[-2000:]
     assert (sandbox / "results" / "lr" / "summary.json").exists()
-    search = [c for c in commands if "search_budgets" in c]
-    assert search and (sandbox / "results" / "cpu-seed0" / "search.json").exists()  # the test-time search example
 
 
 def test_the_torchrun_recipe_runs_as_written(sandbox):

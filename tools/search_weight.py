@@ -4,8 +4,10 @@ search section fits it), then A* search runs with each candidate weight on the n
 `--budget` times the mean response length, and its accuracy (the reward read after the search) is reported per
 weight. Prints one JSON object; the weight with the best mean accuracy over the tasks is `best_weight`.
 
-    .venv/bin/python tools/search_weight.py --model results/<run>/final_model     # a trained policy
-    .venv/bin/python tools/search_weight.py --weights 0 0.5 2 8 --budget 4           # the cpu preset's base model
+    .venv/bin/python tools/search_weight.py                                       # the cpu preset's base model
+    .venv/bin/python tools/search_weight.py --model results/cpu-seed0/final_model # a trained policy
+
+docs/search.md has both (weights 0, 1, 4 and 16 at 16x the mean response length: the defaults).
 """
 import json
 import os
@@ -41,8 +43,8 @@ def weight_accuracies(nb, model, tokenizer, datasets: dict, config, weights: lis
 def main() -> None:
     parser = base_model_arguments(__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="a saved model folder instead of the base model")
-    parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.5, 2.0, 8.0])
-    parser.add_argument("--budget", type=float, default=4.0, help="budget in multiples of the mean response length")
+    parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0, 4.0, 16.0])
+    parser.add_argument("--budget", type=float, default=16.0, help="budget in multiples of the mean response length")
     parser.add_argument("--fit-prompts", type=int, default=256, help="training prompts per task the value head is fit on")
     parser.add_argument("--prompts", type=int, default=64, help="further training prompts per task each weight is tried on")
     parser.add_argument("--k", type=int, default=None, help="search_k (default: the preset's)")
