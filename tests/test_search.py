@@ -99,6 +99,17 @@ def test_after_branching_the_search_commits_to_its_best_node_and_finishes_it():
     assert all(chain[i + 1][:-1] == chain[i] for i in range(first_end))
 
 
+def test_a_budget_of_one_response_is_not_spent_on_branches():
+    policy = ScriptedPolicy(random.Random(5), stop=0.3)
+    search.value_guided_search([[1]], policy.sample, policy.score, budget=20, k=4, weight=1.0, max_response_tokens=20,
+                               eos_ids={EOS}, finish_tokens=20)
+    assert policy.calls and all(k == 1 for _, k, _ in policy.calls)  # one continuation at a time from the start
+    policy = ScriptedPolicy(random.Random(5), stop=0.3)
+    search.value_guided_search([[1]], policy.sample, policy.score, budget=80, k=4, weight=1.0, max_response_tokens=20,
+                               eos_ids={EOS}, finish_tokens=20)
+    assert policy.calls[0][1] == 4  # room for branches and a response after them
+
+
 def test_frontier_pops_lowest_f_first_and_breaks_ties_by_age():
     nodes = [search.Node(search.priority(lp, v, 2.0), i, (i,), lp, v, False)
              for i, (lp, v) in enumerate([(-1.0, 0.5), (-0.2, 0.1), (-1.0, 0.5), (-3.0, 1.0), (0.0, 0.0)])]

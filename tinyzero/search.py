@@ -5,9 +5,10 @@ countdown branch's `no`/`yes`, the `,` after a partial product) or at EOS. Expan
 continuations of it, each to its next boundary, from the policy; the nodes of every open search are expanded in
 one batched call. The frontier is ordered by f = g + h, A*'s form: g is the negative log-probability of the
 partial response under the policy, h = `weight` x (1 - v), with v the value head's estimate of the reward the
-finished response will earn. The first half of the budget (`branch_share`) branches; the rest commits: the best open
-node is continued one step at a time, one continuation each, until it ends, then the next best. The search stops
-when its token budget cannot pay for another step, and returns the finished response the value head rates best.
+finished response will earn. The first half of the budget (`branch_share`, less when that would leave under one
+response's length) branches; the rest commits: the best open node is continued one step at a time, one
+continuation each, until it ends, then the next best. The search stops when its token budget cannot pay for
+another step, and returns the finished response the value head rates best.
 It never sees the task's reward: at test time the answer is unknown.
 
 The value head is a small network on the policy's last hidden state at a step boundary, fit by mean squared error
@@ -165,7 +166,8 @@ class SearchResult:
 
 
 def value_guided_search(prompts: list, sample, score, budget: int, k: int, weight: float, max_response_tokens: int,
-                        eos_ids: set, expand_per_round: int = 1, branch_share: float = 0.5) -> list:
+                        eos_ids: set, expand_per_round: int = 1, branch_share: float = 0.5,
+                        finish_tokens: int = 0) -> list:
     """Best-first search from each prompt in `prompts` (token ids), within `budget` sampled tokens per prompt.
 
     `sample(contexts, k, max_new_tokens)` returns, for each context (prompt and partial response, token ids), `k`
@@ -173,13 +175,15 @@ def value_guided_search(prompts: list, sample, score, budget: int, k: int, weigh
     `score(prompt_indices, response_ids)` returns, for each response (token ids after prompt `prompt_indices[i]`), its
     log-probability under the policy and the value head's estimate at its last token.
 
-    Two phases. While a search has spent less than `branch_share` of its budget it branches: each round pops the
-    `expand_per_round` best open nodes of every search and samples `k` continuations of each. Then it commits: it
+    Two phases. While a search has spent less than `branch_share` of its budget, and has more than `finish_tokens`
+    (about one response's length) left, it branches: each round pops the `expand_per_round` best open nodes of every
+    search and samples `k` continuations of each. Then it commits: it
     pops its best open node and continues it one step at a time, one continuation each, until it ends, then the next
     best, until the budget is spent (branching alone would spend a small budget on the first steps of many
     responses and finish none of them). Each continuation may draw at most an equal share of its search's remaining
     budget (and of the response's remaining length), rounded down to a power of two, so a search never samples
     more than `budget` tokens and a round makes one `sample` call per distinct cap."""
+    branch_until = min(branch_share * budget, budget - finish_tokens)  # spent tokens at which branching stops
     if budget < 1 or k < 1 or expand_per_round < 1 or not 0.0 <= branch_share <= 1.0:
         raise ValueError(f"budget ({budget}), k ({k}) and expand_per_round ({expand_per_round}) must be >= 1 and "
                          f"branch_share ({branch_share}) in [0, 1]")
@@ -195,7 +199,7 @@ def value_guided_search(prompts: list, sample, score, budget: int, k: int, weigh
         for p, frontier in enumerate(frontiers):
             if over[p]:
                 continue
-            branching = spent[p] < branch_share * budget
+            branching = spent[p] < branch_until
             if branching:
                 nodes = [heapq.heappop(frontier) for _ in range(min(expand_per_round, len(frontier)))]
             elif committed[p] is not None:
@@ -234,7 +238,7 @@ def value_guided_search(prompts: list, sample, score, budget: int, k: int, weigh
             node = Node(priority(log, value, weight), next(counter), response, log, value, ended)
             if ended:
                 finished[p].append(node)
-            elif committing and spent[p] >= branch_share * budget:
+            elif committing and spent[p] >= branch_until:
                 committed[p] = node
             else:
                 heapq.heappush(frontiers[p], node)

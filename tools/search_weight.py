@@ -31,7 +31,7 @@ def weight_accuracies(nb, model, tokenizer, datasets: dict, config, weights: lis
         for weight in weights:
             torch.manual_seed(config.seed)  # every weight searches with the same random numbers
             found = nb.searched_responses(model, tokenizer, head, problems, nb.dataclasses.replace(config, search_weight=weight),
-                                          tokens)
+                                          tokens, finish_tokens=round(head_report["mean_response_tokens"]))
             texts = tokenizer.batch_decode([r.response_ids for r in found], skip_special_tokens=True)
             rewards = nb.score(problems, texts, 1, config.format_score)
             accuracy[str(weight)] = sum(r == 1.0 for r in rewards) / len(problems)
