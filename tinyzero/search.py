@@ -16,6 +16,7 @@ to the final reward of responses the policy itself sampled for training prompts.
 
 This module knows nothing of models or tasks: the caller passes `sample` and `score` (see `value_guided_search`).
 """
+import functools
 import heapq
 import itertools
 from dataclasses import dataclass, field
@@ -25,10 +26,12 @@ import torch
 BOUNDARY_CHARACTERS = (".", ",")  # the end of a countdown branch ("... vs 46 no.") and of a partial product
 
 
-def boundary_token_ids(tokenizer) -> set:
-    """Ids of the tokens whose text ends with one of `BOUNDARY_CHARACTERS`."""
+@functools.lru_cache(maxsize=4)
+def boundary_token_ids(tokenizer) -> frozenset:
+    """Ids of the tokens whose text ends with one of `BOUNDARY_CHARACTERS` (decoding the whole vocabulary once per
+    tokenizer: a Qwen vocabulary takes seconds, and a search section asks for them at every budget)."""
     texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-    return {i for i, text in enumerate(texts) if text.rstrip().endswith(BOUNDARY_CHARACTERS)}
+    return frozenset(i for i, text in enumerate(texts) if text.rstrip().endswith(BOUNDARY_CHARACTERS))
 
 
 def step_ends(response_ids: list, boundary_ids: set, stride: int = 0) -> list:
@@ -177,10 +180,9 @@ def value_guided_search(prompts: list, sample, score, budget: int, k: int, weigh
 
     Two phases. While a search has spent less than `branch_share` of its budget, and has more than `finish_tokens`
     (about one response's length) left, it branches: each round pops the `expand_per_round` best open nodes of every
-    search and samples `k` continuations of each. Then it commits: it
-    pops its best open node and continues it one step at a time, one continuation each, until it ends, then the next
-    best, until the budget is spent (branching alone would spend a small budget on the first steps of many
-    responses and finish none of them). Each continuation may draw at most an equal share of its search's remaining
+    search and samples `k` continuations of each. Then it commits: it pops its best open node and continues it one
+    step at a time, one continuation each, until it ends, then the next best, until the budget is spent (branching
+    alone would spend a small budget on the first steps of many responses and finish none of them). Each continuation may draw at most an equal share of its search's remaining
     budget (and of the response's remaining length), rounded down to a power of two, so a search never samples
     more than `budget` tokens and a round makes one `sample` call per distinct cap."""
     branch_until = min(branch_share * budget, budget - finish_tokens)  # spent tokens at which branching stops
