@@ -51,10 +51,11 @@ BYTES_PER_PARAMETER_TRAINING = 4 + 4 + 8  # fp32 weights, gradients, AdamW's two
 GIB = 2**30
 
 
-def build_model_folder(nb, shape: str, folder: pathlib.Path, dtype: torch.dtype) -> dict:
-    """Save Qwen2.5-`shape`'s architecture (random weights) and the tokenizer to `folder`; returns facts."""
+def build_model_folder(nb, shape: str, folder: pathlib.Path, dtype: torch.dtype, device: str = "cpu") -> dict:
+    """Save Qwen2.5-`shape`'s architecture (random weights, drawn on `device`) and the tokenizer to `folder`;
+    returns facts."""
     started = time.time()
-    config = nb.make_config(QWEN_SHAPES[shape]["preset"])
+    config = nb.make_config(QWEN_SHAPES[shape]["preset"], rollout_engine="torch")  # the prompt only
     datasets = nb.build_datasets(config)
     tokenizer = qwen25_tokenizer()
     architecture = {k: v for k, v in QWEN_SHAPES[shape].items() if k != "preset"}
@@ -63,12 +64,15 @@ def build_model_folder(nb, shape: str, folder: pathlib.Path, dtype: torch.dtype)
                                eos_token_id=QWEN_REGULAR_TOKENS, pad_token_id=QWEN_REGULAR_TOKENS,
                                use_sliding_window=False, **architecture)
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(model_config).to(dtype)
+    with torch.device(device):
+        model = Qwen2ForCausalLM(model_config).to(dtype)
     model.generation_config.eos_token_id = QWEN_REGULAR_TOKENS
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    parameters = sum(p.numel() for p in model.parameters())
+    del model
     prompt = nb.prompt_for(datasets["countdown"]["test"][0], config)
-    return {"parameters": sum(p.numel() for p in model.parameters()), "architecture": architecture,
+    return {"parameters": parameters, "architecture": architecture,
             "vocab_size": QWEN_VOCAB_SIZE, "tokenizer_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id,
             "pad_token_id": tokenizer.pad_token_id, "prompt_tokens_countdown": len(tokenizer(prompt)["input_ids"]),
             "saved_dtype": str(dtype).removeprefix("torch."), "seconds": round(time.time() - started, 1)}
