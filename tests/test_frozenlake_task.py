@@ -1,5 +1,4 @@
 """FrozenLake as a notebook task: episodes, policy masks, V* for episodes, and the arithmetic tasks unchanged."""
-import dataclasses
 import hashlib
 import math
 import random
@@ -234,24 +233,6 @@ def test_corpus_episodes_play_the_format(nb, reasoning, marker):
         assert all(nb.parse_actions(nb.extract_answer(turn), config.actions_per_turn) for turn in turns)
 
 
-@pytest.mark.parametrize("reasoning", ["checks", "neighbours"])
-def test_drills_are_one_worked_turn_on_lakes_with_more_holes(nb, reasoning):
-    config = nb.make_config("cpu-tiny", tasks=["frozenlake"], base_frozenlake_reasoning=reasoning)
-    episodes = nb.build_corpus(config, set(), 100, random.Random(0))
-    drills = nb.build_corpus(dataclasses.replace(config, base_frozenlake_drills=1.0), set(), 100, random.Random(0))
-    for drill in drills:  # one turn, worked, with a readable answer
-        assert nb.EOS_TOKEN not in drill and " goal " in drill
-        assert nb.parse_actions(nb.extract_answer(drill), config.actions_per_turn)
-    lakes = lambda documents: "".join(d.split("\nAssistant")[0] for d in documents)  # the first lake shown
-    holes = lambda documents: lakes(documents).count("O") / (lakes(documents).count("O") + lakes(documents).count("_"))
-    assert holes(drills) > holes(episodes) + 0.05
-    one_turn = lambda documents: sum(nb.EOS_TOKEN not in d for d in documents)  # an episode may end in one turn too
-    mixed = nb.build_corpus(dataclasses.replace(config, base_frozenlake_drills=0.5), set(), 100, random.Random(0))
-    assert one_turn(episodes) + 25 < one_turn(mixed) < 100
-    assert nb.base_model_path(dataclasses.replace(config, base_frozenlake_drills=0.5), set()) != \
-        nb.base_model_path(config, set())
-
-
 def test_held_out_lakes_are_unseen(nb):
     config = nb.make_config("cpu-tiny", tasks=["frozenlake"], train_prompts_per_task=64)
     datasets = nb.build_datasets(config)
@@ -273,8 +254,6 @@ def test_held_out_lakes_are_unseen(nb):
     (dict(base_frozenlake_share=1.0), "base_frozenlake_share"),
     (dict(base_frozenlake_share=0.0), "base_frozenlake_share"),
     (dict(base_frozenlake_levels=("4x4", "lake")), "base_frozenlake_levels"),
-    (dict(base_frozenlake_drills=1.5), "base_frozenlake_drills"),
-    (dict(base_frozenlake_drills=-0.1), "base_frozenlake_drills"),
 ])
 def test_bad_frozenlake_fields_name_the_field(nb, overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -170,13 +170,12 @@ def neighbours_turn(rows: tuple[str, ...], position: tuple[int, int], action: in
     return f"at {position[0]},{position[1]} goal {goal[0]},{goal[1]} {looks} so {ACTION_NAMES[action]}"
 
 
-def generate_lake(rng: random.Random, level: str, frozen_probability: float = FROZEN_PROBABILITY) -> Lake:
-    """A random lake of `level`: gymnasium's random map (seeded from `rng`; each tile ice with chance
-    `frozen_probability`, else a hole, redrawn until the goal can be reached), a start drawn among the ice tiles
-    that reach the goal, and a seed for the environment; all randomness comes from `rng`."""
+def generate_lake(rng: random.Random, level: str) -> Lake:
+    """A random lake of `level`: gymnasium's random map (seeded from `rng`), a start drawn among the ice
+    tiles that reach the goal, and a seed for the environment; all randomness comes from `rng`."""
     require_level(level)
     side, slippery = LEVELS[level]
-    rows = [row.replace("S", "F") for row in generate_random_map(size=side, p=frozen_probability,
+    rows = [row.replace("S", "F") for row in generate_random_map(size=side, p=FROZEN_PROBABILITY,
                                                                   seed=rng.randrange(2 ** 31))]
     r, c = rng.choice([(r, c) for r, c in tiles_that_reach_the_goal(tuple(rows)) if rows[r][c] == "F"])
     rows[r] = rows[r][:c] + "S" + rows[r][c + 1:]
