@@ -197,7 +197,7 @@ def value_guided_search(prompts: list, sample, score, budget: int, k: int, weigh
     finished, over = [[] for _ in prompts], [False] * len(prompts)
     committed: list = [None] * len(prompts)  # the node a committing search continues
     while True:
-        popped = []  # (prompt, node, continuations, tokens each of them may draw)
+        popped = []  # (prompt, node, continuations, tokens each of them may draw, whether the search commits)
         for p, frontier in enumerate(frontiers):
             if over[p]:
                 continue
@@ -213,34 +213,34 @@ def value_guided_search(prompts: list, sample, score, budget: int, k: int, weigh
             for node in nodes:
                 allowed = min(share, max_response_tokens - len(node.response_ids))
                 if allowed >= 1:  # rounded down to a power of two: a round makes a few `sample` calls, not one a search
-                    popped.append((p, node, continuations, 1 << (allowed.bit_length() - 1)))
+                    popped.append((p, node, continuations, 1 << (allowed.bit_length() - 1), not branching))
                 elif node is not committed[p]:
                     heapq.heappush(frontier, node)
             over[p] = share < 1  # it cannot pay for another expansion (or has nothing left to expand)
         if not popped:
             break
         groups: dict = {}  # one `sample` call per (continuations, cap)
-        for index, (_, _, continuations, allowed) in enumerate(popped):
+        for index, (_, _, continuations, allowed, _) in enumerate(popped):
             groups.setdefault((continuations, allowed), []).append(index)
         children = []
         for (continuations, allowed), indices in groups.items():
             contexts = [list(prompts[popped[i][0]]) + list(popped[i][1].response_ids) for i in indices]
             for i, drawn in zip(indices, sample(contexts, continuations, allowed)):
-                p, node, _, _ = popped[i]
+                p, node, _, _, committing = popped[i]
                 expansions[p] += 1
                 committed[p] = None
                 for continuation in list(drawn)[:continuations]:
                     continuation = tuple(continuation)[:allowed]
                     spent[p] += len(continuation)
                     if continuation:
-                        children.append((p, node.response_ids + continuation, continuations == 1))
+                        children.append((p, node.response_ids + continuation, committing))
         logs, values = score([p for p, _, _ in children], [list(response) for _, response, _ in children])
         for (p, response, committing), log, value in zip(children, logs, values):
             ended = response[-1] in eos_ids or len(response) >= max_response_tokens
             node = Node(priority(log, value, weight), next(counter), response, log, value, ended)
             if ended:
                 finished[p].append(node)
-            elif committing and spent[p] >= branch_until:
+            elif committing:
                 committed[p] = node
             else:
                 heapq.heappush(frontiers[p], node)
