@@ -159,6 +159,13 @@ def test_the_frozenlake_probe_scores_each_token_that_needs_the_lake(nb, reasonin
     ice = tokenizer.convert_tokens_to_ids("_")
     always_ice = [answer for lake in lakes for answer in probe.probe_lake(nb, EchoModel(len(tokenizer), ice), tokenizer, lake, config)]
     assert all(right == asked.endswith(" _") for asked, right in always_ice)
+    neighbours = nb.dataclasses.replace(config, base_frozenlake_reasoning="neighbours")
+    chances = [c for lake in lakes for c in probe.hole_probabilities(nb, EchoModel(len(tokenizer)), tokenizer, lake, neighbours)]
+    assert {truth for truth, _ in chances} == {"_", "O"}
+    assert min(c for truth, c in chances if truth == "O") > max(c for truth, c in chances if truth == "_")
+    blind = [c for lake in lakes for c in probe.hole_probabilities(nb, EchoModel(len(tokenizer), ice), tokenizer, lake,
+                                                                     neighbours)]
+    assert len({chance for _, chance in blind}) == 1  # a model that does not read the lake: the same everywhere
 
 
 def test_the_frozenlake_probe_reports_every_level(tiny_cache):
@@ -171,6 +178,7 @@ def test_the_frozenlake_probe_reports_every_level(tiny_cache):
         assert figures["lakes"] == 3 and figures["count"]["position"] == 3
         assert 3 <= sum(n for asked, n in figures["count"].items() if asked != "position") <= 4 * 3
         assert all(0.0 <= value <= 1.0 for value in figures["accuracy"].values())
+        assert all(0.0 <= value <= 1.0 for value in figures["hole_probability"].values())
     saved = TOOL.parent.parent / report["model"]  # the same model given as a saved folder: the same figures
     again = subprocess.run([sys.executable, str(TOOL.parent / "frozenlake_probe.py"), "--preset", "cpu-tiny", "--lakes",
                             "3", "--model", str(saved)], capture_output=True, text=True, timeout=300)

@@ -1,7 +1,9 @@
 """Does a model read the lake? On held-out lakes, at each level's first turn, worked reasoning in the corpus's form
 (`base_frozenlake_reasoning`) is fed to the model token by token (teacher forcing), and its greedy guess is compared
 where the answer has to be read off the lake: the player's row and column, and what lies where each move leads,
-counted by move and by what truly lies there (a model that always says ice scores 1.0 on ice and 0.0 on holes).
+counted by move and by what truly lies there (a model that always says ice scores 1.0 on ice and 0.0 on holes);
+and, where a neighbour is ice or a hole, the probability the model puts on a hole (`hole_probability`, by what
+truly lies there), which shows a lookup that has begun before it wins a greedy guess.
 `checks`: for each move toward the goal, the tile where it leads, after the checks that come before it (as in the
 corpus, where a hole is checked for only there); `neighbours`: the four tiles of one worked turn, and the move it
 makes. Prints one JSON object.
@@ -31,6 +33,25 @@ def guessed(model, tokenizer, prompt: str, reasoning: str, answer: str) -> bool:
     with torch.no_grad():
         guesses = model(torch.tensor([context + wanted])).logits[0].argmax(-1).tolist()
     return guesses[len(context) - 1:-1] == wanted
+
+
+def hole_probabilities(nb, model, tokenizer, problem, config) -> list[tuple[str, float]]:
+    """(what truly lies there, the model's probability of `O`) for each neighbouring tile inside the lake that the
+    first turn's worked reasoning (`neighbours` form) names: a model that reads the lake puts more on `O` where
+    there is a hole than where there is ice, even while its greedy guess is still ice."""
+    rows, position, prompt = problem.lake.rows, problem.lake.start, nb.prompt_for(problem, config)
+    hole = tokenizer("O", add_special_tokens=False)["input_ids"][0]
+    words = neighbours_turn(rows, position, best_move(rows, position)).split(" ")
+    found = []
+    for i, word in enumerate(words[3:], start=3):
+        if words[i - 1] in ACTION_NAMES and word in ("_", "O"):
+            context = tokenizer(prompt, add_special_tokens=False)["input_ids"] + \
+                tokenizer(" " + " ".join(words[:i]) + " ", add_special_tokens=False)["input_ids"]
+            with torch.no_grad():  # the tile itself follows, as in `guessed`; the guess for it comes before it
+                tile = tokenizer(word, add_special_tokens=False)["input_ids"]
+                logits = model(torch.tensor([context + tile])).logits[0, len(context) - 1]
+            found.append((word, float(torch.softmax(logits.float(), -1)[hole])))
+    return found
 
 
 def probe_lake(nb, model, tokenizer, problem, config) -> list[tuple[str, bool]]:
@@ -78,9 +99,15 @@ def main() -> None:
             for asked, correct in probe_lake(nb, model, tokenizer, problem, config):
                 total[asked] += 1
                 right[asked] += correct
+        chances = collections.defaultdict(list)
+        for problem in problems:
+            for truth, chance in hole_probabilities(nb, model, tokenizer, problem, config):
+                chances[truth].append(chance)
         report["levels"][level] = {"lakes": len(problems),
                                    "accuracy": {asked: round(right[asked] / total[asked], 3) for asked in sorted(total)},
-                                   "count": dict(sorted(total.items()))}
+                                   "count": dict(sorted(total.items())),
+                                   "hole_probability": {truth: round(sum(c) / len(c), 4) for truth, c in
+                                                        sorted(chances.items())}}
     print(json.dumps(report, indent=1))
 
 
