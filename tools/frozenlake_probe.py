@@ -25,14 +25,20 @@ sys.path.insert(0, str(ROOT))
 from tinyzero.frozenlake import ACTION_NAMES, best_move, checks_turn, nearer_the_goal, neighbours_turn  # noqa: E402
 
 
-def guessed(model, tokenizer, prompt: str, reasoning: str, answer: str) -> bool:
-    """Whether the model, fed `prompt` then `reasoning`, greedily continues with `answer` (teacher forced)."""
+def answer_logits(model, tokenizer, prompt: str, reasoning: str, answer: str) -> tuple[torch.Tensor, list[int]]:
+    """The model's logits for each token of `answer` when fed `prompt`, `reasoning` and the answer's tokens before it
+    (teacher forcing), and those tokens."""
     context = tokenizer(prompt, add_special_tokens=False)["input_ids"] + \
         tokenizer(reasoning, add_special_tokens=False)["input_ids"]
     wanted = tokenizer(answer, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
-        guesses = model(torch.tensor([context + wanted])).logits[0].argmax(-1).tolist()
-    return guesses[len(context) - 1:-1] == wanted
+        return model(torch.tensor([context + wanted])).logits[0, len(context) - 1:-1], wanted
+
+
+def guessed(model, tokenizer, prompt: str, reasoning: str, answer: str) -> bool:
+    """Whether the model, fed `prompt` then `reasoning`, greedily continues with `answer` (teacher forced)."""
+    logits, wanted = answer_logits(model, tokenizer, prompt, reasoning, answer)
+    return logits.argmax(-1).tolist() == wanted
 
 
 def hole_probabilities(nb, model, tokenizer, problem, config) -> list[tuple[str, float]]:
@@ -45,12 +51,8 @@ def hole_probabilities(nb, model, tokenizer, problem, config) -> list[tuple[str,
     found = []
     for i, word in enumerate(words[3:], start=3):
         if words[i - 1] in ACTION_NAMES and word in ("_", "O"):
-            context = tokenizer(prompt, add_special_tokens=False)["input_ids"] + \
-                tokenizer(" " + " ".join(words[:i]) + " ", add_special_tokens=False)["input_ids"]
-            with torch.no_grad():  # the tile itself follows, as in `guessed`; the guess for it comes before it
-                tile = tokenizer(word, add_special_tokens=False)["input_ids"]
-                logits = model(torch.tensor([context + tile])).logits[0, len(context) - 1]
-            found.append((word, float(torch.softmax(logits.float(), -1)[hole])))
+            logits, _ = answer_logits(model, tokenizer, prompt, " " + " ".join(words[:i]) + " ", word)
+            found.append((word, float(torch.softmax(logits[0].float(), -1)[hole])))
     return found
 
 

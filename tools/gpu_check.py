@@ -25,7 +25,7 @@ import traceback
 
 import torch
 
-from qwen_full_size import QWEN_SHAPES, build_model_folder, run_notebook
+from qwen_full_size import QWEN_SHAPES, build_model_folder, printed_output, run_notebook
 from stage0_tools import load_notebook_module
 
 # Each run: the Qwen shape, the notebook's overrides on top of its preset, and the steps of each notebook run.
@@ -41,7 +41,7 @@ RUNS = {
 }
 # --smoke: the same runs' plumbing on the CPU with a two-layer Qwen-shaped model, in about a minute each.
 SMOKE_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=2, preset="qwen2.5-0.5b")
+                   num_key_value_heads=2)
 SMOKE_OVERRIDES = dict(train_prompts_per_task=4, micro_batch_size=2, max_new_tokens=8, num_ref_samples=2, prompts_per_step=4,
                        generation_batch_size=8, test_prompts_per_task=2, eval_prompts_per_task=2, dtype="float32")
 
@@ -81,12 +81,9 @@ def check_run(nb, name: str, work: pathlib.Path, smoke: bool) -> dict:
     collect the figures."""
     spec = RUNS[name]
     folder = work / name / "model"
-    if smoke:
-        QWEN_SHAPES[f"smoke-{name}"] = dict(SMOKE_SHAPE, preset=QWEN_SHAPES[spec["shape"]]["preset"])
-    shape = f"smoke-{name}" if smoke else spec["shape"]
-    preset = QWEN_SHAPES[shape]["preset"]
-    report = {"preset": preset, "model": build_model_folder(nb, shape, folder, torch.bfloat16,
-                                                                        "cpu" if smoke else "cuda")}
+    preset = QWEN_SHAPES[spec["shape"]]["preset"]
+    shape = dict(SMOKE_SHAPE, preset=preset) if smoke else QWEN_SHAPES[spec["shape"]]
+    report = {"preset": preset, "model": build_model_folder(nb, shape, folder, torch.bfloat16, "cpu" if smoke else "cuda")}
     torch.cuda.empty_cache()
     overrides = dict(spec["overrides"], **(SMOKE_OVERRIDES if smoke else {}), model_name=str(folder),
                      cache_dir=str(work / name / "cache"))
@@ -96,9 +93,7 @@ def check_run(nb, name: str, work: pathlib.Path, smoke: bool) -> dict:
         executed = work / name / f"executed-{index + 1}.ipynb"
         figures = run_notebook(nb, work / name, executed, preset, overrides, train_steps=steps)
         if index:
-            printed = "".join("".join(o.get("text", "")) for c in json.loads(executed.read_text())["cells"]
-                              for o in c.get("outputs", []))
-            figures["resumed_from_checkpoint"] = f"resuming from step {spec['steps'][index - 1]}" in printed
+            figures["resumed_from_checkpoint"] = f"resuming from step {spec['steps'][index - 1]}" in printed_output(executed)
         report["runs"].append(figures)
     report["steps"] = step_figures(nb, work / name / "runs" / "full-size")
     return report

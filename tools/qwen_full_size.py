@@ -51,14 +51,14 @@ BYTES_PER_PARAMETER_TRAINING = 4 + 4 + 8  # fp32 weights, gradients, AdamW's two
 GIB = 2**30
 
 
-def build_model_folder(nb, shape: str, folder: pathlib.Path, dtype: torch.dtype, device: str = "cpu") -> dict:
-    """Save Qwen2.5-`shape`'s architecture (random weights, drawn on `device`) and the tokenizer to `folder`;
-    returns facts."""
+def build_model_folder(nb, shape: dict, folder: pathlib.Path, dtype: torch.dtype, device: str = "cpu") -> dict:
+    """Save a model of `shape` (an entry of `QWEN_SHAPES`: the architecture and its preset) with random weights,
+    drawn on `device`, and the tokenizer to `folder`; returns facts."""
     started = time.time()
-    config = nb.make_config(QWEN_SHAPES[shape]["preset"], rollout_engine="torch")  # the prompt only
+    config = nb.make_config(shape["preset"], rollout_engine="torch")  # the prompt only
     datasets = nb.build_datasets(config)
     tokenizer = qwen25_tokenizer()
-    architecture = {k: v for k, v in QWEN_SHAPES[shape].items() if k != "preset"}
+    architecture = {k: v for k, v in shape.items() if k != "preset"}
     model_config = Qwen2Config(vocab_size=QWEN_VOCAB_SIZE, max_position_embeddings=32768, rope_theta=1_000_000.0,
                                rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=QWEN_REGULAR_TOKENS,
                                eos_token_id=QWEN_REGULAR_TOKENS, pad_token_id=QWEN_REGULAR_TOKENS,
@@ -94,6 +94,12 @@ def run_notebook(nb, out: pathlib.Path, executed: pathlib.Path, preset: str, ove
             "step_seconds": [r["step_seconds"] for r in nb.read_metrics(str(out / "runs" / "full-size" / "metrics.jsonl"))],
             "device": summary["device"], "dtype": summary["config"]["dtype"],
             "gradient_checkpointing": summary["config"]["gradient_checkpointing"]}
+
+
+def printed_output(executed: pathlib.Path) -> str:
+    """Everything an executed notebook printed."""
+    return "".join("".join(o.get("text", "")) for c in json.loads(executed.read_text())["cells"]
+                   for o in c.get("outputs", []))
 
 
 def resident_bytes() -> int:
@@ -204,7 +210,7 @@ def main() -> None:
               "cpu_bf16": bf16, "threads": torch.get_num_threads(), "torch": torch.__version__,
               "machine_memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB, 1)}
     folder = work / "model"
-    report["model"] = build_model_folder(nb, shape, folder, dtype)
+    report["model"] = build_model_folder(nb, QWEN_SHAPES[shape], folder, dtype)
     training_state = report["model"]["parameters"] * BYTES_PER_PARAMETER_TRAINING
     reference = report["model"]["parameters"] * (2 if bf16 else 4)
     report["training_state_gib"] = round((training_state + reference) / GIB, 1)
@@ -215,9 +221,8 @@ def main() -> None:
                          dtype="bfloat16" if bf16 else "float32")
         report["first_run"] = run_notebook(nb, work, work / "executed-1.ipynb", preset, overrides, train_steps=1)
         report["resumed_run"] = run_notebook(nb, work, work / "executed-2.ipynb", preset, overrides, train_steps=2)
-        resumed = json.loads((work / "executed-2.ipynb").read_text())
-        printed = "".join("".join(o.get("text", "")) for c in resumed["cells"] for o in c.get("outputs", []))
-        report["resumed_run"]["resumed_from_checkpoint"] = "resuming from step 1" in printed
+        report["resumed_run"]["resumed_from_checkpoint"] = "resuming from step 1" in printed_output(
+            work / "executed-2.ipynb")
         report["checkpoint_gib"] = round((work / "runs" / "full-size" / "checkpoint.pt").stat().st_size / GIB, 2)
     report["logprob_pass"] = measured_in_own_process(folder, preset, dtype, lengths)
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
