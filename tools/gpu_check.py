@@ -6,7 +6,7 @@ presets' settings on CUDA: bfloat16 compute, FSDP2, the torch sampler. Two runs:
   taking a third. Short responses (256 tokens) keep it to a few minutes.
 * `3b`: one A*PO step at the `qwen2.5-3b` preset's training settings (256 prompts a step, 1,024-token
   responses, micro-batches of 4, gradient checkpointing), to measure peak GPU memory against docs/memory.md's
-  estimate. Stage 1 draws one sample per prompt and the evaluations use a handful of problems.
+  estimate. Stage 1 draws one sample per prompt, and the evaluations use four multiplication problems.
 
 Random weights rarely emit EOS, so every response runs to the cap: the timings are those of full-length
 responses, and the accuracies mean nothing.
@@ -35,9 +35,10 @@ RUNS = {
     "0.5b": dict(shape="0.5b", steps=[2, 3], overrides=dict(
         SMALL_EVAL, train_prompts_per_task=32, max_new_tokens=256, num_ref_samples=8, prompts_per_step=64,
         generation_batch_size=256, eval_every=1, checkpoint_every=1)),
+    # one task, whose table level is its training level and pass@1: each evaluation is two 1,024-token passes
     "3b": dict(shape="3b", steps=[1], overrides=dict(
-        SMALL_EVAL, train_prompts_per_task=128, max_new_tokens=1024, num_ref_samples=1, prompts_per_step=256,
-        generation_batch_size=256, eval_every=100, checkpoint_every=0)),
+        SMALL_EVAL, tasks=["multiplication"], pass_k=1, train_prompts_per_task=256, max_new_tokens=1024,
+        num_ref_samples=1, prompts_per_step=256, generation_batch_size=256, eval_every=100, checkpoint_every=0)),
 }
 # --smoke: the same runs' plumbing on the CPU with a two-layer Qwen-shaped model, in about a minute each.
 SMOKE_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

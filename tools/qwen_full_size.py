@@ -79,10 +79,12 @@ def build_model_folder(nb, shape: dict, folder: pathlib.Path, dtype: torch.dtype
 
 
 def run_notebook(nb, out: pathlib.Path, executed: pathlib.Path, preset: str, overrides: dict, train_steps: int) -> dict:
-    """The notebook through papermill with `preset`, `overrides` and `train_steps`; returns wall time and the
-    run's summary.json."""
+    """The notebook through papermill with `preset`, `overrides` (`tasks` among them goes as the notebook's own
+    parameter) and `train_steps`; returns wall time and the run's summary.json."""
     import yaml
-    command = [sys.executable, "-m", "papermill", str(ROOT / "TinyZero_AstarPO.ipynb"), str(executed),
+    overrides = dict(overrides)
+    tasks = ["-p", "tasks", json.dumps(overrides.pop("tasks"))] if "tasks" in overrides else []  # a notebook parameter
+    command = [sys.executable, "-m", "papermill", str(ROOT / "TinyZero_AstarPO.ipynb"), str(executed), *tasks,
                "-p", "preset", preset, "-p", "train_steps", str(train_steps), "-p", "output_dir", str(out / "runs"),
                "-p", "run_name", "full-size", "-y", "config_overrides: " + yaml.safe_dump(overrides, default_flow_style=True),
                "--no-progress-bar", "--stderr-file", "/dev/stderr"]
