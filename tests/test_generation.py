@@ -180,3 +180,57 @@ def test_follow_up_prompts_join_as_their_turns_end_and_stay_exact(nb, monkeypatc
     with pytest.raises(ValueError, match="max_prompt_tokens"):
         nb.sample_with_model(model, starts, 1, True, 1.0, 12, {eos_id}, tokenizer.pad_token_id, 2,
                              follow_up=lambda row, response: starts[0] * 40, max_prompt_tokens=50)
+
+
+def grouped_query_float64_model(nb, seed):
+    """A sharp float64 Qwen2 model whose 4 query heads share 2 key/value heads, as Qwen2.5's do."""
+    torch.manual_seed(seed)
+    tokenizer = nb.build_char_tokenizer()
+    model_config = nb.tiny_qwen2_config(nb.make_config("cpu-tiny", base_hidden_size=32, base_heads=4), tokenizer)
+    model_config.num_key_value_heads = 2
+    model = nb.Qwen2ForCausalLM(model_config).double().eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.normal_(0.0, 1.2)
+    return model, tokenizer
+
+
+@pytest.mark.parametrize("grouped_query", [False, True])
+def test_fused_step_samples_what_the_model_forward_samples(nb, monkeypatch, grouped_query):
+    """The fused decoding step against the model's own forward, with refills, sorting and dropped columns: in
+    float64 the same logits, so the same tokens, greedy and sampled from the same seed."""
+    prompts = [f"User: {i * 7 % 23} {'and more ' * (i % 4)}then" for i in range(12)]
+    if grouped_query:
+        model, tokenizer = grouped_query_float64_model(nb, seed=4)
+        eos_id = greedy_by_generate(nb, model, tokenizer, prompts, tokenizer.eos_token_id, 8)[0][3]  # ends rows early
+    else:
+        model, tokenizer, eos_id = sharp_float64_model(nb, seed=2)
+    assert torch_sampler.FusedDecodingStep.supports(model)
+    monkeypatch.setattr(torch_sampler, "SORT_EVERY", 3)
+    monkeypatch.setattr(torch_sampler, "DROP_COLUMNS_AT", 2)
+    for greedy in (True, False):
+        responses = {}
+        for fused in (True, False):
+            torch.manual_seed(0)
+            responses[fused], _ = sampled(nb, model, tokenizer, prompts, eos_id, 20, slots=5, samples=2,
+                                          greedy=greedy, fused=fused)
+        assert responses[True] == responses[False], f"greedy={greedy}"
+        assert len({len(r) for r in responses[True]}) > 2  # rows ended at several steps
+
+
+def test_sharded_parameters_decode_with_the_model_forward_and_gathered_ones_with_the_fused_step(nb):
+    """FSDP's sharded parameters (outside `gathered_for_generation`) are left to the model's forward; inside the
+    context the fused step decodes the gathered policy. Both give the same tokens."""
+    from test_gpu_path import wrapped_policy
+    policy, tokenizer = wrapped_policy(nb)
+    prompt_ids = tokenizer(PROMPTS, add_special_tokens=False)["input_ids"]
+
+    def greedy(model):
+        return nb.sample_with_model(model, prompt_ids, 1, True, 1.0, 10, {tokenizer.eos_token_id},
+                                    tokenizer.pad_token_id, 2)[0]
+    assert not torch_sampler.FusedDecodingStep.supports(policy)
+    sharded = greedy(policy)
+    with nb.gathered_for_generation(policy):
+        assert torch_sampler.FusedDecodingStep.supports(policy)
+        assert greedy(policy) == sharded

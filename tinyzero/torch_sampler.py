@@ -1,6 +1,6 @@
 """The notebook's own sampler: the model's forward, one token per step for many responses at once.
 
-Two things make it fast on a small model, where a decoding step costs mostly its fixed overhead:
+What makes it fast on a small model, where a decoding step costs mostly its fixed overhead:
 - Continuous batching. A fixed number of slots decode together; when a response ends (EOS or the
   length cap), the next waiting prompt is prefilled into its slot, so the batch stays full instead
   of waiting for its longest response.
@@ -8,9 +8,12 @@ Two things make it fast on a small model, where a decoding step costs mostly its
   step writes one column in place and attends over a view, where a growing cache would copy itself
   at every step. All slots share the column index: a prompt that joins is written so that it ends
   at the current column (left padding), and columns no live slot still reads are dropped.
-- Attention over only what each group of slots needs. The slots are sorted by age every few steps and
-  attention runs per group, from the first column the group's oldest response reads, so that short
-  responses do not pay for the long ones' prefixes.
+- Attention over only what each group of slots needs (on a CPU, where reading the cache is most of
+  a step). The slots are sorted by age every few steps and attention runs per group, from the first
+  column the group's oldest response reads, so that short responses do not pay for the long ones'
+  prefixes.
+- A fused decoding step for Qwen2-family models (`FusedDecodingStep`): the same computation as the
+  model's forward in a fraction of its tensor operations.
 Sampling draws each token by inverse CDF (one uniform per row against the cumulative softmax), which
 is exact temperature sampling with a single random number per row.
 """
@@ -18,13 +21,16 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 from transformers import AttentionInterface, DynamicCache
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 
 class SlotLayer(CacheLayerMixin):
-    """One decoder layer's keys and values, [slots, kv heads, capacity, head dim], written in place."""
+    """One decoder layer's keys and values, [slots, kv heads, capacity, head dim], written in place. The keys are
+    stored transposed ([slots, kv heads, head dim, capacity], `key_buffer` is a view of that in the values' order),
+    so that a query's product with a window of keys reads each head dimension's columns in one run."""
 
     is_sliding = False
 
@@ -32,7 +38,7 @@ class SlotLayer(CacheLayerMixin):
         super().__init__()
         self.cache = cache
         # zeros, not empty: masked columns are still multiplied by their (zero) attention weight
-        self.key_buffer = torch.zeros(shape, dtype=dtype, device=device)
+        self.key_buffer = torch.zeros(shape[:2] + shape[:1:-1], dtype=dtype, device=device).transpose(-1, -2)
         self.value_buffer = torch.zeros(shape, dtype=dtype, device=device)
         self.is_initialized = True
 
@@ -78,7 +84,8 @@ class SlotCache(Cache):
     def keep(self, slots: torch.Tensor) -> None:
         """Keep only `slots` (in that order)."""
         for layer in self.layers:
-            layer.key_buffer, layer.value_buffer = layer.key_buffer[slots], layer.value_buffer[slots]
+            layer.key_buffer = layer.key_buffer.transpose(-1, -2)[slots].transpose(-1, -2)  # still stored transposed
+            layer.value_buffer = layer.value_buffer[slots]
 
     def reorder(self, order: torch.Tensor, first_column: int) -> None:
         """Put slot order[i] in slot i (only columns from `first_column` on are still read)."""
@@ -112,6 +119,80 @@ def windowed_attention(module, query, key, value, attention_mask, scaling: float
     return torch.cat(outputs).reshape(slots, 1, heads, head_dim), None
 
 
+class FusedDecodingStep:
+    """A decoding step of a Qwen2-family model (Qwen2, Qwen2.5) over a `SlotCache`, in a few dozen tensor operations
+    where the model's own forward takes several hundred: the query, key and value projections are one matrix
+    product, as are the MLP's gate and up projections; rotary embeddings come from a table that the model's own
+    rotary module fills once, and a row's rotation is a gather and a fused multiply-add; attention is
+    `windowed_attention`'s. On a small model a step's cost is mostly its count of operations, so this is where the
+    sampler's time goes down. Models of other architectures, and sharded parameters, decode with the model's forward.
+
+    The fused weights are copies taken when the step is made: make a new step after the weights change."""
+
+    def __init__(self, model, positions: int):
+        inner, config = model.model, model.config
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.eps = config.rms_norm_eps
+        self.embed = inner.embed_tokens.weight
+        self.final_norm = inner.norm.weight
+        self.lm_head = model.lm_head.weight
+        self.layers = []
+        for layer in inner.layers:
+            attention, mlp = layer.self_attn, layer.mlp
+            projections = (attention.q_proj, attention.k_proj, attention.v_proj)
+            self.layers.append(dict(
+                input_norm=layer.input_layernorm.weight, post_norm=layer.post_attention_layernorm.weight,
+                qkv=torch.cat([p.weight for p in projections]),
+                qkv_bias=None if attention.q_proj.bias is None else torch.cat([p.bias for p in projections]),
+                out=attention.o_proj.weight, out_bias=attention.o_proj.bias,
+                gate_up=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), down=mlp.down_proj.weight))
+        self.scaling = layer.self_attn.scaling
+        table = torch.arange(positions, device=self.embed.device)[None]
+        cos, sin = inner.rotary_emb(self.embed[:1], table)
+        half = self.head_dim // 2
+        # rotate_half(x) = cat(-x[half:], x[:half]) = x[..., swap] * sign
+        self.swap = torch.cat([torch.arange(half, self.head_dim), torch.arange(half)]).to(self.embed.device)
+        sign = torch.cat([-torch.ones(half), torch.ones(half)]).to(sin)
+        self.cos, self.signed_sin = cos[0], sin[0] * sign
+
+    @staticmethod
+    def supports(model) -> bool:
+        """Whether this step computes what `model`'s own forward does: a Qwen2-family model with full attention
+        everywhere, SiLU MLPs, and plain (not sharded) parameters."""
+        config = model.config
+        return (config.model_type == "qwen2" and config.hidden_act == "silu"
+                and all(kind == "full_attention" for kind in getattr(config, "layer_types", None) or ["full_attention"])
+                and not any(isinstance(p, DTensor) for p in model.parameters()))
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor, windows: list,
+                 cache: SlotCache) -> torch.Tensor:
+        """Logits of the next token for each slot, given each slot's last token and its position; writes the
+        token's keys and values at column `cache.length`."""
+        slots, heads, kv_heads, head_dim = len(tokens), self.heads, self.kv_heads, self.head_dim
+        column = cache.length
+        positions = positions.clamp(max=len(self.cos) - 1)  # a free slot's position runs on; its output is unused
+        cos, signed_sin = self.cos[positions][:, None], self.signed_sin[positions][:, None]
+        hidden = torch.nn.functional.embedding(tokens, self.embed)
+        for weights, layer in zip(self.layers, cache.layers):
+            normed = torch.nn.functional.rms_norm(hidden, (hidden.shape[-1],), weights["input_norm"], self.eps)
+            qkv = torch.nn.functional.linear(normed, weights["qkv"], weights["qkv_bias"])
+            rotated = qkv[:, :(heads + kv_heads) * head_dim].view(slots, heads + kv_heads, head_dim)
+            rotated = torch.addcmul(rotated * cos, rotated[..., self.swap], signed_sin)
+            layer.key_buffer[:, :, column] = rotated[:, heads:]
+            layer.value_buffer[:, :, column] = qkv[:, (heads + kv_heads) * head_dim:].view(slots, kv_heads, head_dim)
+            attended, _ = windowed_attention(None, rotated[:, :heads, None], layer.key_buffer[:, :, :column + 1],
+                                             layer.value_buffer[:, :, :column + 1], bias, self.scaling,
+                                             slot_windows=windows)
+            hidden = hidden + torch.nn.functional.linear(attended.reshape(slots, -1), weights["out"],
+                                                         weights["out_bias"])
+            normed = torch.nn.functional.rms_norm(hidden, (hidden.shape[-1],), weights["post_norm"], self.eps)
+            gate, up = torch.nn.functional.linear(normed, weights["gate_up"]).chunk(2, dim=-1)
+            hidden = hidden + torch.nn.functional.linear(torch.nn.functional.silu(gate).mul_(up), weights["down"])
+        hidden = torch.nn.functional.rms_norm(hidden, (hidden.shape[-1],), self.final_norm, self.eps)
+        return torch.nn.functional.linear(hidden, self.lm_head)
+
+
 @contextlib.contextmanager
 def attention_implementation(model, name: str):
     """Run the model's attention layers with the registered attention function `name` for a while."""
@@ -124,7 +205,7 @@ def attention_implementation(model, name: str):
 
 
 DROP_COLUMNS_AT = 32  # unread columns at the front of the KV cache that are worth a copy to drop
-SLOT_GROUPS = 4  # attention runs per group of slots, each over the columns its oldest response needs
+SLOT_GROUPS = 4  # on a CPU, attention runs per group of slots, each over the columns its oldest response needs
 SORT_EVERY = 32  # decoding steps between two sorts of the slots by age (which keeps each group's window short)
 
 
@@ -135,6 +216,7 @@ class SamplerStats:
     prefills: int = 0  # forward passes that brought waiting prompts into free slots
     busy_slot_steps: int = 0  # slot-steps that produced a response token
     slot_steps: int = 0  # slot-steps computed (free slots included)
+    key_value_columns: int = 0  # slot-columns of the KV cache that attention read, per layer
 
 
 def draw_tokens(logits: torch.Tensor, greedy: bool, temperature: float) -> torch.Tensor:
@@ -162,7 +244,7 @@ def left_padded(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.
 def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: int, greedy: bool,
                       temperature: float, max_new_tokens: int, eos_ids: set, pad_id: int, slots: int,
                       refill: bool = True, banned_first_tokens: tuple = (), show_progress: bool = False,
-                      desc: str = "sampling", follow_up=None, max_prompt_tokens: int = 0
+                      desc: str = "sampling", follow_up=None, max_prompt_tokens: int = 0, fused: bool = True
                       ) -> tuple[list[list[int]], SamplerStats]:
     """Response token ids for each prompt repeated `samples_per_prompt` times (response i answers prompt
     i // samples_per_prompt), each up to and including its first EOS, and what the sampling cost.
@@ -178,7 +260,10 @@ def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: in
     With `follow_up`, a response that ends may bring a new prompt: `follow_up(i, response_i)` returns the token ids
     of a prompt to answer next (queued like the others, as response len(responses so far)), or None. This is how
     episodes run, each turn's next context joining as soon as its environment has answered; `max_prompt_tokens`
-    must then bound the length of every prompt it may return."""
+    must then bound the length of every prompt it may return.
+
+    With `fused` (and a model `FusedDecodingStep` supports), decoding steps run as that step instead of the
+    model's forward: the same computation in fewer operations."""
     AttentionInterface.register(WINDOWED_ATTENTION, windowed_attention)
     device = next(model.parameters()).device
     prompt_ids = list(prompt_ids)
@@ -192,6 +277,10 @@ def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: in
     longest_prompt = max(max_prompt_tokens, max(len(prompt_ids[prompt]) for prompt in rows))
     cache = SlotCache(model.config, slots, 2 * (longest_prompt + max_new_tokens) + 2, model.dtype, device)
     cache.length = longest_prompt  # every prompt that joins ends at the current column, so it always fits
+    # groups of slots save a CPU reading key and value columns; a GPU has the bandwidth, and each group costs launches
+    groups = SLOT_GROUPS if device.type == "cpu" else 1
+    step = (FusedDecodingStep(model, longest_prompt + max_new_tokens + 1)
+            if fused and FusedDecodingStep.supports(model) else None)
     mask = torch.zeros((slots, cache.capacity), dtype=torch.bool, device=device)
     slot_row = torch.full((slots,), -1, dtype=torch.long, device=device)  # the response a slot holds; -1: free
     positions = torch.zeros(slots, dtype=torch.long, device=device)  # of each slot's next token
@@ -279,27 +368,30 @@ def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: in
             mask[:, cache.length:] = False
             starts -= unread
         mask[:, cache.length] = True
-        if stats.decode_steps % SORT_EVERY == 0:  # oldest first: then each group's responses are of an age
+        if groups > 1 and stats.decode_steps % SORT_EVERY == 0:  # oldest first: each group's responses are of an age
             order = torch.argsort(torch.where(active, starts, cache.length), stable=True)
             cache.reorder(order, first_column(0, len(slot_row)))
             for i, tensor in enumerate(per_slot):
                 per_slot[i] = tensor[order]
             mask, slot_row, positions, starts, counts, generated, last_tokens = per_slot
             active = active[order]
-        bounds = [len(slot_row) * group // SLOT_GROUPS for group in range(SLOT_GROUPS + 1)]
+        bounds = [len(slot_row) * group // groups for group in range(groups + 1)]
         windows = [(a, b, first_column(a, b)) for a, b in zip(bounds, bounds[1:]) if a < b]
         bias = torch.zeros(mask.shape[0], cache.length + 1, dtype=model.dtype, device=device)
         bias.masked_fill_(~mask[:, :cache.length + 1], -torch.inf)  # added to the scores: 0 where a slot attends
-        with attention_implementation(model, WINDOWED_ATTENTION):
-            logits = model(input_ids=last_tokens[:, None], position_ids=positions[:, None],
-                           attention_mask={"full_attention": bias}, past_key_values=cache, use_cache=True,
-                           logits_to_keep=1,
-                           slot_windows=windows).logits[:, -1]
+        if step is not None:
+            logits = step(last_tokens, positions, bias, windows, cache)
+        else:
+            with attention_implementation(model, WINDOWED_ATTENTION):
+                logits = model(input_ids=last_tokens[:, None], position_ids=positions[:, None],
+                               attention_mask={"full_attention": bias}, past_key_values=cache, use_cache=True,
+                               logits_to_keep=1, slot_windows=windows).logits[:, -1]
         cache.length += 1
         positions += 1
         stats.decode_steps += 1
         stats.slot_steps += len(slot_row)
         stats.busy_slot_steps += live
+        stats.key_value_columns += sum((b - a) * (cache.length - column) for a, b, column in windows)
         chosen = draw_tokens(logits, greedy, temperature)
         index = active.nonzero().squeeze(-1)
         generated[index, counts[index]] = chosen[index]

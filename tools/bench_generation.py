@@ -1,7 +1,7 @@
 """Sampling speed on stage 1's work, measured in one run: the notebook's sampler (continuous batching), the same
-sampler decoding batch by batch, the sampler of an earlier revision of the notebook, and transformers'
-`model.generate`, on the same base model, prompts and settings; then how far the sampler is from this
-machine's limits.
+sampler with the model's own forward instead of the fused decoding step, the same sampler decoding batch by batch,
+the sampler of an earlier revision of the notebook, and transformers' `model.generate`, on the same base model,
+prompts and settings; then how far the sampler is from this machine's limits.
 
 It samples as stage 1 does: `num_ref_samples` responses per training prompt (the preset's curriculum levels) at
 the config's temperature, `generation_batch_size` responses at once, from the cached stage 0 base model (built
@@ -9,7 +9,8 @@ when missing). Each sampler is warmed up once, then timed. Prints one JSON objec
 
 The limits: the model's FLOPs per generated token (2 per weight, plus attention over the response's context) times
 tokens per second, beside the matrix-multiply throughput this machine reaches at the decoding step's own shapes;
-and the bytes of KV cache a step reads, beside the machine's copy bandwidth.
+the bytes of KV cache attention read per second, beside the machine's copy bandwidth; and, from one more run with
+attention timed, the share of the sampler's time spent in attention.
 
     .venv/bin/python tools/bench_generation.py                       # stage 1 of the cpu preset: 1,024 prompts x 8
     .venv/bin/python tools/bench_generation.py --prompts 64 --previous 79e8044 --with-generate
@@ -83,15 +84,18 @@ def copy_gbytes_per_second(megabytes: int = 256, repeats: int = 10) -> float:
     return 2 * source.numel() * 4 * repeats / (time.perf_counter() - started) / 1e9
 
 
-def limits(model, prompt_tokens: float, response_tokens: float, tokens_per_second: float, slots: int) -> dict:
-    """Achieved FLOP/s and KV-cache bytes/s against what this machine measures at the same shapes."""
+def limits(model, prompt_tokens: float, response_tokens: float, tokens_per_second: float, slots: int,
+           key_value_columns: int, seconds: float) -> dict:
+    """Achieved FLOP/s and KV-cache bytes/s against what this machine measures at the same shapes. The bytes are
+    those attention read (`key_value_columns` slot-columns per layer, keys and values) over the sampling's
+    `seconds`."""
     c = model.config
     weights = sum(p.numel() for name, p in model.named_parameters() if "embed_tokens" not in name)
     weights += c.vocab_size * c.hidden_size  # the output layer (tied to the embedding in these models)
     kv_width = c.num_key_value_heads * (c.hidden_size // c.num_attention_heads)
     context = prompt_tokens + response_tokens / 2  # mean context a generated token attends to
     flops_per_token = 2 * weights + 4 * c.num_hidden_layers * context * c.hidden_size
-    kv_bytes_per_token = c.num_hidden_layers * 2 * kv_width * context * 4
+    kv_bytes_read = key_value_columns * c.num_hidden_layers * 2 * kv_width * model.dtype.itemsize
     shapes = {"qkv": (slots, c.hidden_size, c.hidden_size + 2 * kv_width),
               "mlp_up": (slots, c.hidden_size, 2 * c.intermediate_size),
               "mlp_down": (slots, c.intermediate_size, c.hidden_size),
@@ -102,9 +106,34 @@ def limits(model, prompt_tokens: float, response_tokens: float, tokens_per_secon
     return {"flops_per_token": int(flops_per_token), "achieved_gflops": round(achieved, 2),
             "matmul_gflops_at_step_shapes": peak,
             "share_of_best_matmul_throughput": round(achieved / max(peak.values()), 3),
-            "kv_cache_bytes_per_token": int(kv_bytes_per_token),
-            "kv_cache_gbytes_per_second": round(kv_bytes_per_token * tokens_per_second / 1e9, 2),
+            "kv_cache_gbytes_read": round(kv_bytes_read / 1e9, 1),
+            "kv_cache_gbytes_per_second": round(kv_bytes_read / seconds / 1e9, 2),
             "copy_bandwidth_gbytes_per_second": round(bandwidth, 1)}
+
+
+def attention_share(run, prompts: list[str], prompt_ids: list[list[int]], seed: int) -> dict:
+    """The sampler once more, with its attention (`windowed_attention`) timed: seconds in attention, in all, and the
+    share."""
+    from tinyzero import torch_sampler
+    spent = [0.0]
+    attend = torch_sampler.windowed_attention
+
+    def timed_attention(*args, **kwargs):
+        started = time.perf_counter()
+        result = attend(*args, **kwargs)
+        spent[0] += time.perf_counter() - started
+        return result
+    torch_sampler.windowed_attention = timed_attention
+    try:
+        run(prompts[:8], prompt_ids[:8])  # warm-up, as `timed` does
+        spent[0] = 0.0
+        torch.manual_seed(seed)
+        started = time.perf_counter()
+        run(prompts, prompt_ids)
+        seconds = time.perf_counter() - started
+    finally:
+        torch_sampler.windowed_attention = attend
+    return {"seconds": round(seconds, 2), "attention_seconds": round(spent[0], 2), "share": round(spent[0] / seconds, 3)}
 
 
 def main() -> None:
@@ -119,12 +148,13 @@ def main() -> None:
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     samples, eos_ids = config.num_ref_samples, nb.eos_token_ids(tokenizer, model)
 
-    def notebook_sampler(refill: bool):
+    def notebook_sampler(refill: bool, fused: bool = True):
         return lambda texts, ids: nb.sample_with_model(model, ids, samples, False, config.temperature,
                                             config.max_new_tokens, eos_ids, tokenizer.pad_token_id,
-                                            config.generation_batch_size, refill=refill)
+                                            config.generation_batch_size, refill=refill, fused=fused)
 
-    runs = {"refill": notebook_sampler(True), "batch_by_batch": notebook_sampler(False)}
+    runs = {"refill": notebook_sampler(True), "refill_model_forward": notebook_sampler(True, fused=False),
+            "batch_by_batch": notebook_sampler(False)}
     if args.previous:
         previous = previous_notebook(args.previous)
         runs[f"previous_{args.previous}"] = lambda texts, ids: previous.generate(
@@ -143,12 +173,15 @@ def main() -> None:
                         "mean_response_tokens": round(tokens / len(responses), 2)}
         if stats is not None:
             report[name] |= {"decode_steps": stats.decode_steps, "prefills": stats.prefills,
-                             "busy_slot_share": round(stats.busy_slot_steps / max(1, stats.slot_steps), 3)}
+                             "busy_slot_share": round(stats.busy_slot_steps / max(1, stats.slot_steps), 3),
+                             "key_value_columns": stats.key_value_columns}
     fastest = report["refill"]
     report["speedup_over"] = {name: round(report[name]["seconds"] / fastest["seconds"], 2)
                               for name in runs if name != "refill"}
     report["limits"] = limits(model, sum(map(len, prompt_ids)) / len(prompt_ids), fastest["mean_response_tokens"],
-                              fastest["tokens_per_second"], config.generation_batch_size)
+                              fastest["tokens_per_second"], config.generation_batch_size,
+                              fastest["key_value_columns"], fastest["seconds"])
+    report["attention_share"] = attention_share(runs["refill"], prompts, prompt_ids, args.seed)
     print(json.dumps(report, indent=1))
 
 

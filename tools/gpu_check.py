@@ -1,12 +1,14 @@
 """The GPU path on a CUDA GPU, with no model hub: Qwen2.5's exact architectures with random weights and Qwen2.5's
 tokenizer (tools/qwen_full_size.py builds both), run through the notebook itself (papermill) with the Qwen
-presets' settings on CUDA: bfloat16 compute, FSDP2, the torch sampler. Two runs:
+presets' settings on CUDA: bfloat16 compute, FSDP2, the torch sampler. Three runs:
 
 * `0.5b`: stage 1, two A*PO steps with a checkpoint after each, then the notebook again, resuming at step 2 and
   taking a third. Short responses (256 tokens) keep it to a few minutes.
 * `3b`: one A*PO step at the `qwen2.5-3b` preset's training settings (256 prompts a step, 1,024-token
   responses, micro-batches of 4, gradient checkpointing), to measure peak GPU memory against docs/memory.md's
   estimate. Stage 1 draws one sample per prompt, and the evaluations use four multiplication problems.
+* `sampler`: the torch sampler's decoding step at the 0.5B shape, the model's own forward against the fused step,
+  at 64 and 256 rows (a minute or two).
 
 Random weights rarely emit EOS, so every response runs to the cap: the timings are those of full-length
 responses, and the accuracies mean nothing.
@@ -18,6 +20,7 @@ Writes `<out>/report.json` (each run's stage seconds, step seconds and phases, s
 GPU memory allocated and reserved) and prints it; the models and runs go under `--work`.
 """
 import argparse
+import functools
 import json
 import pathlib
 import time
@@ -100,9 +103,46 @@ def check_run(nb, name: str, work: pathlib.Path, smoke: bool) -> dict:
     return report
 
 
+def check_sampler(nb, work: pathlib.Path, smoke: bool) -> dict:
+    """The torch sampler's decoding step on the 0.5B shape in bf16, as the model's own forward and as the fused
+    step (`FusedDecodingStep`): seconds per decoding step at 64 and 256 rows, the same prompts, greedy, responses
+    to the cap (random weights do not stop)."""
+    from transformers import AutoModelForCausalLM
+    device = "cpu" if smoke else "cuda"
+    folder = work / "sampler" / "model"
+    shape = dict(SMOKE_SHAPE, preset="qwen2.5-0.5b") if smoke else QWEN_SHAPES["0.5b"]
+    report = {"model": build_model_folder(nb, shape, folder, torch.bfloat16, device)}
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).to(device).eval()
+    eos, pad = model.config.eos_token_id, model.config.pad_token_id
+    new_tokens = 8 if smoke else 128
+
+    def synchronize():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    for rows in (64, 256):
+        prompts = torch.randint(0, 10_000, (rows, 40), generator=torch.Generator().manual_seed(rows)).tolist()
+        responses = {}
+        for fused in (False, True):
+            name = "fused" if fused else "model_forward"
+            nb.sample_with_model(model, prompts, 1, True, 1.0, 4, {eos}, pad, rows, fused=fused)  # warm-up
+            synchronize()
+            started = time.perf_counter()
+            responses[name], stats = nb.sample_with_model(model, prompts, 1, True, 1.0, new_tokens, {eos}, pad, rows,
+                                                          fused=fused)
+            synchronize()
+            seconds = time.perf_counter() - started
+            report[f"rows_{rows}_{name}"] = {"seconds": round(seconds, 3), "decode_steps": stats.decode_steps,
+                                             "ms_per_decode_step": round(1000 * seconds / stats.decode_steps, 2)}
+        report[f"rows_{rows}_speedup"] = round(report[f"rows_{rows}_model_forward"]["seconds"]
+                                               / report[f"rows_{rows}_fused"]["seconds"], 2)
+        report[f"rows_{rows}_same_tokens"] = responses["fused"] == responses["model_forward"]
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", default="0.5b,3b", help=f"which of {sorted(RUNS)}, in order")
+    parser.add_argument("--runs", default="0.5b,3b", help=f"which of {sorted(RUNS) + ['sampler']}, in order")
     parser.add_argument("--out", default="results/gpu_check")
     parser.add_argument("--work", default="/tmp/gpu_check_work", help="models, caches and run folders")
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks the plumbing only")
@@ -116,7 +156,8 @@ def main() -> None:
     for name in args.runs.split(","):
         started = time.time()
         try:
-            report["runs"][name] = check_run(nb, name, pathlib.Path(args.work), args.smoke)
+            check = check_sampler if name == "sampler" else functools.partial(check_run, name=name)
+            report["runs"][name] = check(nb, work=pathlib.Path(args.work), smoke=args.smoke)
         except Exception:  # keep the other runs' figures; the report says what failed
             report["runs"][name] = {"error": traceback.format_exc()}
         report["runs"][name]["wall_seconds"] = round(time.time() - started, 1)
