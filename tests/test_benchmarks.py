@@ -165,3 +165,21 @@ def test_smoke_trl_runs_compare_with_the_notebook(smoke):
     assert set(trl) == {"trl-a2po-seed0", "trl-grpo-seed0"}
     assert trl["trl-a2po-seed0"]["trl_over_notebook_stage1"] > 0
     assert trl["trl-grpo-seed0"]["trl_over_notebook_seconds_per_step"] > 0
+
+
+def test_trl_ratio_tool_tabulates_the_smoke_runs_without_running_them_again(smoke):
+    """tools/trl_ratio.py (the benchmark's TRL part alone) on the smoke benchmark's folder: its four runs are there
+    already, so it runs nothing and reports TRL's stage 1 and seconds per step over the notebook's."""
+    pytest.importorskip("trl")
+    out, _ = smoke
+    tool = SCRIPT.parent.parent / "tools" / "trl_ratio.py"
+    result = subprocess.run([sys.executable, str(tool), "--size", "cpu-tiny", "--out", str(out), "--artifacts",
+                             str(out / "artifacts")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    report = json.loads((out / "trl_ratio.json").read_text())
+    assert set(report["runs"]) == {"apo-lr0.0003-seed0", "grpo-lr0.0003-p4-g2-seed0", "trl-a2po-seed0",
+                                   "trl-grpo-seed0"}
+    assert "] apo-lr0.0003-seed0:" not in result.stdout and "] trl-a2po-seed0:" not in result.stdout, "nothing reruns"
+    a2po = report["trl_over_notebook"]["trl-a2po-seed0"]
+    assert a2po["trl_over_notebook_stage1"] > 0 and a2po["trl_over_notebook_seconds_per_step"] > 0
+    assert report["trl_over_notebook"]["trl-grpo-seed0"]["trl_over_notebook_seconds_per_step"] > 0
