@@ -147,7 +147,7 @@ class FusedDecodingStep:
                 qkv_bias=None if attention.q_proj.bias is None else torch.cat([p.bias for p in projections]),
                 out=attention.o_proj.weight, out_bias=attention.o_proj.bias,
                 gate_up=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), down=mlp.down_proj.weight))
-        self.scaling = layer.self_attn.scaling
+        self.scaling = inner.layers[0].self_attn.scaling
         table = torch.arange(positions, device=self.embed.device)[None]
         cos, sin = inner.rotary_emb(self.embed[:1], table)
         half = self.head_dim // 2

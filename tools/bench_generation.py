@@ -55,8 +55,10 @@ def previous_notebook(revision: str):
     return load_notebook_module(folder / "TinyZero_AstarPO.ipynb")
 
 
-def timed(run, prompts: list[str], prompt_ids: list[list[int]], seed: int) -> tuple[float, object]:
-    run(prompts[:8], prompt_ids[:8])  # warm-up: first-call costs are nobody's sampling time
+def timed(run, prompts: list[str], prompt_ids: list[list[int]], seed: int, warm_up: bool = True
+          ) -> tuple[float, object]:
+    if warm_up:  # first-call costs are nobody's sampling time
+        run(prompts[:8], prompt_ids[:8])
     torch.manual_seed(seed)
     started = time.perf_counter()
     result = run(prompts, prompt_ids)
@@ -112,8 +114,8 @@ def limits(model, prompt_tokens: float, response_tokens: float, tokens_per_secon
 
 
 def attention_share(run, prompts: list[str], prompt_ids: list[list[int]], seed: int) -> dict:
-    """The sampler once more, with its attention (`windowed_attention`) timed: seconds in attention, in all, and the
-    share."""
+    """The sampler once more (already warmed up and timed), with its attention (`windowed_attention`) timed too:
+    seconds in attention, in all, and the share."""
     from tinyzero import torch_sampler
     spent = [0.0]
     attend = torch_sampler.windowed_attention
@@ -125,12 +127,7 @@ def attention_share(run, prompts: list[str], prompt_ids: list[list[int]], seed: 
         return result
     torch_sampler.windowed_attention = timed_attention
     try:
-        run(prompts[:8], prompt_ids[:8])  # warm-up, as `timed` does
-        spent[0] = 0.0
-        torch.manual_seed(seed)
-        started = time.perf_counter()
-        run(prompts, prompt_ids)
-        seconds = time.perf_counter() - started
+        seconds, _ = timed(run, prompts, prompt_ids, seed, warm_up=False)
     finally:
         torch_sampler.windowed_attention = attend
     return {"seconds": round(seconds, 2), "attention_seconds": round(spent[0], 2), "share": round(spent[0] / seconds, 3)}

@@ -1,7 +1,7 @@
 """The TRL comparison alone, in one run: the benchmark's headline pair (this notebook's A*PO and GRPO at the settings
 `benchmarks/run_benchmarks.py` names as its headline) and TRL's A2POTrainer and GRPOTrainer on the same setup, seed 0,
 one after another; then stage 1 and seconds per step of TRL over the notebook. The full benchmark takes about 3 hours;
-this is its TRL part, for checking a speed change (about 20 minutes on the CPU default).
+this is its TRL part, for checking a speed change (about 15 minutes on the CPU default).
 
     .venv/bin/python tools/trl_ratio.py --out results/trl_ratio
 """
