@@ -10,11 +10,14 @@ when missing). Each sampler is warmed up once, then timed. Prints one JSON objec
 The limits: the model's FLOPs per generated token (2 per weight, plus attention over the response's context) times
 tokens per second, beside the matrix-multiply throughput this machine reaches at the decoding step's own shapes;
 the bytes of KV cache attention read per second, beside the machine's copy bandwidth; and, from one more run with
-attention timed, the share of the sampler's time spent in attention.
+attention timed, the share of the sampler's time spent in attention. Last, stage 1 whole (`sample_reference_rewards`
+on the same prompts): the earlier revision's with N samples for every prompt, this revision's the same way, and this
+revision's as the preset runs it (with its `adaptive_min_samples`).
 
     .venv/bin/python tools/bench_generation.py                       # stage 1 of the cpu preset: 1,024 prompts x 8
     .venv/bin/python tools/bench_generation.py --prompts 64 --previous 79e8044 --with-generate
 """
+import dataclasses
 import json
 import pathlib
 import subprocess
@@ -133,6 +136,17 @@ def attention_share(run, prompts: list[str], prompt_ids: list[list[int]], seed: 
     return {"seconds": round(seconds, 2), "attention_seconds": round(spent[0], 2), "share": round(spent[0] / seconds, 3)}
 
 
+def stage1(module, model, tokenizer, problems: list, config, seed: int) -> dict:
+    """Stage 1's reference sampling as `module` (a revision of the notebook) runs it under `config`: seconds,
+    samples and sampled tokens (warmed up on a few problems first)."""
+    module.sample_reference_rewards(model, tokenizer, problems[:8], config, show_progress=False)
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    rewards, tokens = module.sample_reference_rewards(model, tokenizer, problems, config, show_progress=False)
+    return {"seconds": round(time.perf_counter() - started, 2), "samples": sum(map(len, rewards)),
+            "sampled_tokens": tokens}
+
+
 def main() -> None:
     parser = base_model_arguments(__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=None, help="training prompts per task (default: all)")
@@ -179,6 +193,15 @@ def main() -> None:
                               fastest["tokens_per_second"], config.generation_batch_size,
                               fastest["key_value_columns"], fastest["seconds"])
     report["attention_share"] = attention_share(runs["refill"], prompts, prompt_ids, args.seed)
+    if args.previous:  # stage 1 whole, as the preset runs it now (adaptive sampling included) and as it ran then
+        full, then = dataclasses.replace(config, adaptive_min_samples=0), f"previous_{args.previous}_full"
+        whole = {then: stage1(previous, model, tokenizer, problems, full, args.seed),
+                 "now_full": stage1(nb, model, tokenizer, problems, full, args.seed),
+                 "now_preset": stage1(nb, model, tokenizer, problems, config, args.seed)
+                 | {"adaptive_min_samples": config.adaptive_min_samples}}
+        whole["speedup_over_previous"] = {name: round(whole[then]["seconds"] / whole[name]["seconds"], 2)
+                                          for name in ("now_full", "now_preset")}
+        report["stage1"] = whole
     print(json.dumps(report, indent=1))
 
 

@@ -1,9 +1,9 @@
-"""A*PO's accuracy after training with a cheaper stage 1, seed by seed, against the full estimate: the benchmark's
-A*PO setting (`benchmarks/run_benchmarks.py`, the learning rate of its headline pair) run again with N = 4
-reference samples, and with adaptive sampling (2 first), on the benchmark's seeds. The full estimate's runs are
-the benchmark's own (`results/benchmarks/runs/`), so run the benchmark first. Writes `<out>/stage1_accuracy.json`
-(per variant and seed: stage 1 seconds and sampled tokens, held-out greedy accuracy at the last evaluation and at
-the best one) and prints it as a table.
+"""A*PO's accuracy after training with each stage 1, seed by seed: the benchmark's A*PO setting
+(`benchmarks/run_benchmarks.py`, the learning rate of its headline pair) run again with N = 8 reference samples for
+every prompt (the full estimate), N = 4, and adaptive sampling (2 first), on the benchmark's seeds, beside the
+benchmark's own runs (`results/benchmarks/runs/`, stage 1 as the preset has it), so run the benchmark first.
+Writes `<out>/stage1_accuracy.json` (per variant and seed: stage 1 seconds and sampled tokens, held-out greedy
+accuracy at the last evaluation and at the best one) and prints it as a table.
 
     .venv/bin/python tools/stage1_accuracy.py
 """
@@ -16,8 +16,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import run_benchmarks as bench  # noqa: E402
 
-FULL = "N = 8 (the default)"
-VARIANTS = {"N = 4": ("n4", {"num_ref_samples": 4}), "adaptive, 2 first": ("adaptive2", {"adaptive_min_samples": 2})}
+FULL = "the benchmark's runs (the preset's stage 1)"
+VARIANTS = {"N = 8, every prompt": ("n8", {"adaptive_min_samples": 0}),
+            "N = 4": ("n4", {"num_ref_samples": 4, "adaptive_min_samples": 0}),
+            "adaptive, 2 first": ("adaptive2", {"adaptive_min_samples": 2})}
 
 
 def outcome(curve: dict) -> dict:
