@@ -71,7 +71,8 @@ def test_generation_benchmark_reports_every_sampler_and_the_limits(tiny_cache):
     """tools/bench_generation.py runs end to end; its ratios are measurements, so only their form is checked."""
     bench = TOOL.parent / "bench_generation.py"
     result = subprocess.run([sys.executable, str(bench), "--preset", "cpu-tiny", "--prompts", "4", "--with-generate",
-                             "--cache-dir", str(tiny_cache)], capture_output=True, text=True, timeout=300)
+                             "--stage1-rounds", "2", "--cache-dir", str(tiny_cache)], capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert report["responses"] == 2 * 4 * 4  # two tasks, 4 prompts each, cpu-tiny's N = 4 samples
@@ -87,6 +88,7 @@ def test_generation_benchmark_reports_every_sampler_and_the_limits(tiny_cache):
     stage1 = report["stage1"]  # stage 1 whole: N samples for every prompt then and now, and the preset's way
     for name in ("previous_79e8044_full", "now_full"):
         assert stage1[name]["samples"] == report["responses"]
+        assert len(stage1[name]["rounds"]) == 2 and stage1[name]["seconds"] == max(stage1[name]["rounds"])
     assert stage1["now_preset"]["samples"] <= report["responses"]
     assert stage1["speedup_over_previous"]["now_full"] == pytest.approx(
         stage1["previous_79e8044_full"]["seconds"] / stage1["now_full"]["seconds"], rel=0.05)

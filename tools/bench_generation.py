@@ -12,7 +12,7 @@ tokens per second, beside the matrix-multiply throughput this machine reaches at
 the bytes of KV cache attention read per second, beside the machine's copy bandwidth; and, from one more run with
 attention timed, the share of the sampler's time spent in attention. Last, stage 1 whole (`sample_reference_rewards`
 on the same prompts): the earlier revision's with N samples for every prompt, this revision's the same way, and this
-revision's as the preset runs it (with its `adaptive_min_samples`).
+revision's as the preset runs it (with its `adaptive_min_samples`), taking turns for a few rounds (the median counts).
 
     .venv/bin/python tools/bench_generation.py                       # stage 1 of the cpu preset: 1,024 prompts x 8
     .venv/bin/python tools/bench_generation.py --prompts 64 --previous 79e8044 --with-generate
@@ -136,15 +136,23 @@ def attention_share(run, prompts: list[str], prompt_ids: list[list[int]], seed: 
     return {"seconds": round(seconds, 2), "attention_seconds": round(spent[0], 2), "share": round(spent[0] / seconds, 3)}
 
 
-def stage1(module, model, tokenizer, problems: list, config, seed: int) -> dict:
-    """Stage 1's reference sampling as `module` (a revision of the notebook) runs it under `config`: seconds,
-    samples and sampled tokens (warmed up on a few problems first)."""
-    module.sample_reference_rewards(model, tokenizer, problems[:8], config, show_progress=False)
-    torch.manual_seed(seed)
-    started = time.perf_counter()
-    rewards, tokens = module.sample_reference_rewards(model, tokenizer, problems, config, show_progress=False)
-    return {"seconds": round(time.perf_counter() - started, 2), "samples": sum(map(len, rewards)),
-            "sampled_tokens": tokens}
+def stage1_rounds(variants: dict, model, tokenizer, problems: list, seed: int, rounds: int) -> dict:
+    """Stage 1's reference sampling for each variant, (notebook module, config) by name, timed `rounds` times with
+    the variants taking turns (this machine's speed drifts over minutes): each one's seconds per round and their
+    median, samples and sampled tokens. Each is warmed up on a few problems first."""
+    for module, config in variants.values():
+        module.sample_reference_rewards(model, tokenizer, problems[:8], config, show_progress=False)
+    results = {name: {"rounds": []} for name in variants}
+    for _ in range(rounds):
+        for name, (module, config) in variants.items():
+            torch.manual_seed(seed)
+            started = time.perf_counter()
+            rewards, tokens = module.sample_reference_rewards(model, tokenizer, problems, config, show_progress=False)
+            results[name]["rounds"].append(round(time.perf_counter() - started, 2))
+            results[name] |= {"samples": sum(map(len, rewards)), "sampled_tokens": tokens}
+    for result in results.values():
+        result["seconds"] = sorted(result["rounds"])[len(result["rounds"]) // 2]
+    return results
 
 
 def main() -> None:
@@ -152,6 +160,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=None, help="training prompts per task (default: all)")
     parser.add_argument("--previous", default=PREVIOUS, help="git revision of the earlier sampler ('' skips it)")
     parser.add_argument("--with-generate", action="store_true", help="also time transformers' generate (slow)")
+    parser.add_argument("--stage1-rounds", type=int, default=3, help="rounds of the stage 1 comparison (median)")
     args = parser.parse_args()
     nb, config, datasets, path, tokenizer, model = load_base_model(args.preset, args.cache_dir)
     problems = [p for task in config.tasks for p in datasets[task]["train"][:args.prompts]]
@@ -195,10 +204,9 @@ def main() -> None:
     report["attention_share"] = attention_share(runs["refill"], prompts, prompt_ids, args.seed)
     if args.previous:  # stage 1 whole, as the preset runs it now (adaptive sampling included) and as it ran then
         full, then = dataclasses.replace(config, adaptive_min_samples=0), f"previous_{args.previous}_full"
-        whole = {then: stage1(previous, model, tokenizer, problems, full, args.seed),
-                 "now_full": stage1(nb, model, tokenizer, problems, full, args.seed),
-                 "now_preset": stage1(nb, model, tokenizer, problems, config, args.seed)
-                 | {"adaptive_min_samples": config.adaptive_min_samples}}
+        whole = stage1_rounds({then: (previous, full), "now_full": (nb, full), "now_preset": (nb, config)}, model,
+                              tokenizer, problems, args.seed, args.stage1_rounds)
+        whole["now_preset"]["adaptive_min_samples"] = config.adaptive_min_samples
         whole["speedup_over_previous"] = {name: round(whole[then]["seconds"] / whole[name]["seconds"], 2)
                                           for name in ("now_full", "now_preset")}
         report["stage1"] = whole
