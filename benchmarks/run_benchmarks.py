@@ -67,6 +67,11 @@ def sweep_settings(size: dict, prompts_per_step: int) -> list[dict]:
     return settings
 
 
+def settings_by_name(nb, size: dict) -> dict:
+    """The sweep's settings by name, for the size's preset (`nb`: the notebook module)."""
+    return {s["name"]: s for s in sweep_settings(size, nb.make_config(size["preset"]).prompts_per_step)}
+
+
 def prepare_cache(out: pathlib.Path, size: dict, artifacts: pathlib.Path) -> pathlib.Path:
     """`out/cache`, holding (a link to) the stage 0 base model of the preset, built into `artifacts` if missing."""
     nb = load_notebook_module()
@@ -460,7 +465,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     cache = prepare_cache(out, size, pathlib.Path(args.artifacts))
     nb = load_notebook_module()
-    settings = {s["name"]: s for s in sweep_settings(size, nb.make_config(size["preset"]).prompts_per_step)}
+    settings = settings_by_name(nb, size)
     headline = size["headline"]
     run = lambda name, seed: run_notebook(f"{name}-seed{seed}", size, seed, settings[name]["overrides"],
                                           size["train_steps"], out, cache)

@@ -56,7 +56,7 @@ def main() -> None:
     size, out, benchmark = bench.SIZES[args.size], pathlib.Path(args.out), pathlib.Path(args.benchmark)
     seeds = args.seeds or list(size["seeds"])
     nb = bench.load_notebook_module()
-    settings = {s["name"]: s for s in bench.sweep_settings(size, nb.make_config(size["preset"]).prompts_per_step)}
+    settings = bench.settings_by_name(nb, size)
     setting = settings[size["headline"][0]]
     missing = [seed for seed in seeds if not bench.finished(benchmark, f"{setting['name']}-seed{seed}")]
     if missing:

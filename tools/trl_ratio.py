@@ -6,11 +6,13 @@ this is its TRL part, for checking a speed change (about 15 minutes on the CPU d
     .venv/bin/python tools/trl_ratio.py --out results/trl_ratio
 """
 import argparse
-import importlib.util
 import json
 import pathlib
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import run_benchmarks as bench  # noqa: E402
 
 
 def main() -> None:
@@ -20,14 +22,11 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "results" / "trl_ratio"))
     parser.add_argument("--artifacts", default=str(ROOT / "artifacts"))
     args = parser.parse_args()
-    spec = importlib.util.spec_from_file_location("run_benchmarks", ROOT / "benchmarks" / "run_benchmarks.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     size, out, seed = bench.SIZES[args.size], pathlib.Path(args.out), args.seed
     out.mkdir(parents=True, exist_ok=True)
     cache = bench.prepare_cache(out, size, pathlib.Path(args.artifacts))
     nb = bench.load_notebook_module()
-    settings = {s["name"]: s for s in bench.sweep_settings(size, nb.make_config(size["preset"]).prompts_per_step)}
+    settings = bench.settings_by_name(nb, size)
     apo, grpo = size["headline"]
     curves = []
     for name in (apo, grpo):
