@@ -93,7 +93,7 @@ def test_episodes_alternate_policy_and_environment_tokens(nb, tokenizer, monkeyp
     # the next turn decodes from the whole sequence so far: prompt, responses and observations
     prompt = tokenizer(nb.prompt_for(problem, config), add_special_tokens=False)["input_ids"]
     assert policy.contexts[6] == prompt + ids[:len(ids) - len(tokenizer(answer(path[2]), add_special_tokens=False)["input_ids"]) - 1]
-    # a rollout engine (vLLM) plays the same episodes a turn at a time, as the sampler does when they fit in its slots
+    # a rollout engine (vLLM) plays the same episodes a turn at a time
     engine_generations, engine_rewards, engine_episodes = nb.rollouts(FakeModel(tokenizer), tokenizer, [problem] * 3,
                                                                       config, greedy=True, engine=object())
     assert (engine_generations.response_ids, engine_generations.policy_masks, engine_rewards, engine_episodes) == \

@@ -74,6 +74,7 @@ def test_refill_sorting_and_dropped_columns_keep_every_response_exact(nb, monkey
     assert len({len(row) for row in expected}) > 3  # responses of many lengths end at many steps
     monkeypatch.setattr(torch_sampler, "SORT_EVERY", 3)
     monkeypatch.setattr(torch_sampler, "DROP_COLUMNS_AT", 2)
+    monkeypatch.setattr(torch_sampler, "DROP_SHARE", 0.0)
     monkeypatch.setattr(torch_sampler, "SLOT_GROUPS", groups)
     got, stats = sampled(nb, model, tokenizer, prompts, eos_id, 30, slots=6)
     assert got == expected
@@ -153,32 +154,47 @@ def test_a_sampled_pad_token_at_the_cap_stays_in_the_response(nb):
     assert held.response_ids[row] == free.response_ids[row]
 
 
-def test_follow_up_prompts_join_as_their_turns_end_and_stay_exact(nb, monkeypatch):
-    """Episodes through the sampler: when a response ends, `follow_up` may queue a longer prompt (the context so far
-    plus an observation), which joins free slots while other rows still decode. Every turn's greedy response is
-    `generate`'s for that context, whatever the slots, sorting and dropped columns."""
+@pytest.mark.parametrize("extends", [True, False])
+def test_follow_up_prompts_join_as_their_turns_end_and_stay_exact(nb, monkeypatch, extends):
+    """Episodes through the sampler: when a response ends, `follow_up` may bring a longer prompt. One that extends the
+    context so far (the context, the response, an observation) goes on in its slot with only the observation fed;
+    any other joins a free slot while other rows still decode. Either way every turn's greedy response is
+    `generate`'s for that prompt, whatever the slots, sorting and dropped columns, and a banned first token stays
+    banned on every turn."""
     model, tokenizer, eos_id = sharp_float64_model(nb, seed=3)
     monkeypatch.setattr(torch_sampler, "SORT_EVERY", 3)
     monkeypatch.setattr(torch_sampler, "DROP_COLUMNS_AT", 2)
+    monkeypatch.setattr(torch_sampler, "DROP_SHARE", 0.0)
     observation = tokenizer(" then ", add_special_tokens=False)["input_ids"]
     starts = tokenizer([f"User: {i * 5 % 17} go" for i in range(6)], add_special_tokens=False)["input_ids"]
     turns = 3
-    for slots in (6, 2):
+    banned = ()
+    for slots in (6, 2, 3):
         prompts, turn_of = list(starts), [1] * len(starts)  # row -> its prompt and its turn
 
         def follow_up(row, response):
             if turn_of[row] == turns:
                 return None
-            prompts.append(prompts[row] + response + observation)
+            context = prompts[row] + response
+            prompts.append(context + observation if extends else observation + context)
             turn_of.append(turn_of[row] + 1)
             return prompts[-1]
         responses, stats = nb.sample_with_model(model, starts, 1, True, 1.0, 12, {eos_id}, tokenizer.pad_token_id,
-                                                slots, follow_up=follow_up, max_prompt_tokens=200)
-        assert len(responses) == len(prompts) == len(starts) * turns and stats.prefills > 2
+                                                slots, follow_up=follow_up, max_prompt_tokens=200,
+                                                banned_first_tokens=banned)
+        assert len(responses) == len(prompts) == len(starts) * turns
+        assert stats.continued == (len(starts) * (turns - 1) if extends else 0)
+        assert stats.prefills == -(-len(starts) // slots) if extends else stats.prefills > 2
         ids, mask = torch_sampler.left_padded(prompts, tokenizer.pad_token_id, "cpu")
         output = model.generate(input_ids=ids, attention_mask=mask, generation_config=GenerationConfig(
-            do_sample=False, max_new_tokens=12, eos_token_id=[eos_id], pad_token_id=tokenizer.pad_token_id))
-        assert responses == [nb.trim_at_eos(row, {eos_id}) for row in output[:, ids.shape[1]:].tolist()], f"slots={slots}"
+            do_sample=False, max_new_tokens=12, eos_token_id=[eos_id], pad_token_id=tokenizer.pad_token_id,
+            begin_suppress_tokens=list(banned) or None))
+        assert responses == [nb.trim_at_eos(row, {eos_id}) for row in output[:, ids.shape[1]:].tolist()], \
+            f"slots={slots}"
+        if banned:
+            assert not {response[0] for response in responses} & set(banned)
+        else:  # the rounds after the first ban the first tokens that its later turns chose
+            banned = tuple({response[0] for response in responses[len(starts):]})
     with pytest.raises(ValueError, match="max_prompt_tokens"):
         nb.sample_with_model(model, starts, 1, True, 1.0, 12, {eos_id}, tokenizer.pad_token_id, 2,
                              follow_up=lambda row, response: starts[0] * 40, max_prompt_tokens=50)
@@ -211,6 +227,7 @@ def test_fused_step_samples_what_the_model_forward_samples(nb, monkeypatch, grou
     assert torch_sampler.FusedDecodingStep.supports(model)
     monkeypatch.setattr(torch_sampler, "SORT_EVERY", 3)
     monkeypatch.setattr(torch_sampler, "DROP_COLUMNS_AT", 2)
+    monkeypatch.setattr(torch_sampler, "DROP_SHARE", 0.0)
     for greedy in (True, False):
         responses = {}
         for fused in (True, False):

@@ -94,6 +94,22 @@ def test_generation_benchmark_reports_every_sampler_and_the_limits(tiny_cache):
         stage1["previous_79e8044_full"]["seconds"] / stage1["now_full"]["seconds"], rel=0.05)
 
 
+def test_episode_benchmark_times_both_revisions_on_the_same_episodes(tiny_cache, tmp_path):
+    """tools/bench_episodes.py runs end to end on FrozenLake: both revisions play every kind of work on the same
+    lakes; the ratios are measurements, so only their form is checked."""
+    output = tmp_path / "bench_episodes.json"
+    result = subprocess.run([sys.executable, str(TOOL.parent / "bench_episodes.py"), "--preset", "cpu-tiny", "--lakes",
+                             "2", "--rounds", "1", "--cache-dir", str(tiny_cache), "--output", str(output)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(output.read_text())
+    for kind, episodes in (("greedy", 2), ("reference", 1 * 4), ("stage2_batch", 8)):  # cpu-tiny: N = 4, 8 a step
+        now, previous = report[kind]["now"], report[kind]["previous_3f41027"]
+        assert now["episodes"] == previous["episodes"] == episodes
+        assert now["policy_tokens"] > 0 and len(now["rounds"]) == 1 and now["seconds"] > 0
+        assert report[kind]["speedup"] == pytest.approx(previous["seconds"] / now["seconds"], rel=0.05)
+
+
 def test_vstar_error_compares_cheaper_stage_1_estimates_with_the_full_one(tiny_cache):
     """tools/vstar_error.py at cpu-tiny: each estimate's samples follow from its rule; the full estimate of
     sampling seed 0 is the reference, so its own change is 0."""

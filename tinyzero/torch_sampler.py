@@ -3,7 +3,8 @@
 What makes it fast on a small model, where a decoding step costs mostly its fixed overhead:
 - Continuous batching. A fixed number of slots decode together; when a response ends (EOS or the
   length cap), the next waiting prompt is prefilled into its slot, so the batch stays full instead
-  of waiting for its longest response.
+  of waiting for its longest response. An episode's next turn stays in its slot: only the tokens the
+  environment added are computed, over the cached context.
 - A preallocated KV cache (`SlotCache`). Every slot's keys and values sit in buffers sized once; a
   step writes one column in place and attends over a view, where a growing cache would copy itself
   at every step. All slots share the column index: a prompt that joins is written so that it ends
@@ -204,7 +205,8 @@ def attention_implementation(model, name: str):
         model.config._attn_implementation = saved
 
 
-DROP_COLUMNS_AT = 32  # unread columns at the front of the KV cache that are worth a copy to drop
+DROP_COLUMNS_AT = 32  # unread columns at the front of the KV cache that are worth a copy to drop, or
+DROP_SHARE = 1 / 8  # this share of the cache's columns if more (an episode's cache is long: each drop copies it)
 SLOT_GROUPS = 4  # on a CPU, attention runs per group of slots, each over the columns its oldest response needs
 SORT_EVERY = 32  # decoding steps between two sorts of the slots by age (which keeps each group's window short)
 
@@ -217,6 +219,8 @@ class SamplerStats:
     busy_slot_steps: int = 0  # slot-steps that produced a response token
     slot_steps: int = 0  # slot-steps computed (free slots included)
     key_value_columns: int = 0  # slot-columns of the KV cache that attention read, per layer
+    extensions: int = 0  # forward passes that added follow-ups' new tokens to the contexts in their slots
+    continued: int = 0  # follow-up prompts that went on in their slot over its cached context (no prefill)
 
 
 def draw_tokens(logits: torch.Tensor, greedy: bool, temperature: float) -> torch.Tensor:
@@ -258,9 +262,11 @@ def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: in
     ones' prefixes.
 
     With `follow_up`, a response that ends may bring a new prompt: `follow_up(i, response_i)` returns the token ids
-    of a prompt to answer next (queued like the others, as response len(responses so far)), or None. This is how
-    episodes run, each turn's next context joining as soon as its environment has answered; `max_prompt_tokens`
-    must then bound the length of every prompt it may return.
+    of a prompt to answer next (as response len(responses so far)), or None. This is how episodes run, each turn's
+    next context going on as soon as its environment has answered; `max_prompt_tokens` must then bound the length of
+    every prompt it may return. A follow-up that extends its row's prompt and response (an episode's context plus an
+    observation) stays in its slot: one forward computes only its new tokens, over the slot's cached keys and
+    values, as a prefill does for a whole prompt. Any other follow-up queues like a prompt.
 
     With `fused` (and a model `FusedDecodingStep` supports), decoding steps run as that step instead of the
     model's forward: the same computation in fewer operations."""
@@ -289,11 +295,24 @@ def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: in
     generated = torch.full((slots, max_new_tokens), pad_id, dtype=torch.long, device=device)
     last_tokens = torch.full((slots,), pad_id, dtype=torch.long, device=device)
     per_slot = [mask, slot_row, positions, starts, counts, generated, last_tokens]
-    next_row = 0
+    queue = list(range(len(rows)))  # responses waiting for a free slot, in order
+    next_row = 0  # the first of `queue` still waiting
     bar = tqdm(total=len(rows), desc=desc, disable=not show_progress, leave=False)
+
+    def begin_responses(joined: torch.Tensor, joined_rows: list, logits: torch.Tensor) -> None:
+        """Slots `joined` answer responses `joined_rows`, their first token drawn from `logits`."""
+        slot_row[joined] = torch.tensor(joined_rows, dtype=torch.long, device=device)
+        if banned_first_tokens:
+            logits[:, list(banned_first_tokens)] = -torch.inf
+        last_tokens[joined] = generated[joined, 0] = draw_tokens(logits, greedy, temperature)
+        counts[joined] = 1
+        candidates = torch.zeros(len(slot_row), dtype=torch.bool, device=device)
+        candidates[joined] = True
+        finish_ended(candidates)
 
     def finish_ended(candidates: torch.Tensor) -> None:
         ended = (candidates & (torch.isin(last_tokens, eos) | (counts >= max_new_tokens))).nonzero().squeeze(-1)
+        going_on = []  # (slot, response, the tokens to add to the slot's context)
         for slot, row, count in zip(ended.tolist(), slot_row[ended].tolist(), counts[ended].tolist()):
             responses[row] = generated[slot, :count].tolist()
             following = follow_up(row, responses[row]) if follow_up is not None else None
@@ -301,15 +320,52 @@ def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: in
                 if len(following) > longest_prompt:
                     raise ValueError(f"a follow-up prompt of {len(following)} tokens exceeds max_prompt_tokens="
                                      f"{longest_prompt}")
+                context = prompt_ids[rows[row]] + responses[row]
                 prompt_ids.append(list(following))
                 rows.append(len(prompt_ids) - 1)
                 responses.append(None)
+                if following[:len(context)] == context and len(following) > len(context):
+                    # the slot's cache holds all of `context` but the response's last token
+                    going_on.append((slot, len(rows) - 1, following[len(context) - 1:]))
+                else:
+                    queue.append(len(rows) - 1)
         slot_row[ended] = -1
         bar.update(len(ended))
+        if going_on:
+            extend(*zip(*going_on))
+
+    def extend(going_on: tuple, going_on_rows: tuple, added: tuple) -> None:
+        """Slots `going_on` take responses `going_on_rows`, their contexts grown by the `added` tokens: one forward
+        over those tokens alone, attending to the slots' cached columns, writes their keys and values into the
+        columns just before each slot's context (every slot's context ends at the current column, so those are
+        free) and draws each response's first token."""
+        chosen = torch.tensor(going_on, dtype=torch.long, device=device)
+        first = int(starts[chosen].min())
+        ids, added_mask = left_padded(list(added), pad_id, device)
+        width = ids.shape[1]
+        past = DynamicCache(config=model.config)
+        for index, layer in enumerate(cache.layers):
+            past.update(layer.key_buffer[chosen, :, first:cache.length], layer.value_buffer[chosen, :, first:cache.length],
+                        index)
+        position_ids = positions[chosen, None] + (added_mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=torch.cat([mask[chosen, first:cache.length].long(), added_mask], -1),
+                       position_ids=position_ids, past_key_values=past, use_cache=True,
+                       logits_to_keep=1).logits[:, -1].float()
+        stats.extensions += 1
+        stats.continued += len(going_on)
+        for i, (slot, tokens) in enumerate(zip(going_on, added)):
+            begin, end = int(starts[slot]) - len(tokens), int(starts[slot])
+            for layer, source in zip(cache.layers, past.layers):
+                layer.key_buffer[slot, :, begin:end] = source.keys[i, :, -len(tokens):]
+                layer.value_buffer[slot, :, begin:end] = source.values[i, :, -len(tokens):]
+            mask[slot, begin:end] = True
+            starts[slot], positions[slot] = begin, positions[slot] + len(tokens)
+        begin_responses(chosen, list(going_on_rows), logits)
 
     def fill(free: torch.Tensor) -> None:
         nonlocal next_row
-        joining = rows[next_row:next_row + len(free)]
+        joining_rows = queue[next_row:next_row + len(free)]
+        joining = [rows[row] for row in joining_rows]
         free = free[:len(joining)]
         prompts = sorted(set(joining))  # prefill each prompt once, however many samples it gets
         ids, prompt_mask = left_padded([prompt_ids[p] for p in prompts], pad_id, device)
@@ -324,16 +380,8 @@ def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: in
         mask[free, cache.length - ids.shape[1]:cache.length] = prompt_mask[source].bool()
         positions[free] = prompt_mask[source].sum(-1)
         starts[free] = cache.length - positions[free]
-        slot_row[free] = torch.arange(next_row, next_row + len(joining), device=device)
         next_row += len(joining)
-        logits = logits[source]
-        if banned_first_tokens:
-            logits[:, list(banned_first_tokens)] = -torch.inf
-        last_tokens[free] = generated[free, 0] = draw_tokens(logits, greedy, temperature)
-        counts[free] = 1
-        joined = torch.zeros(len(slot_row), dtype=torch.bool, device=device)
-        joined[free] = True
-        finish_ended(joined)
+        begin_responses(free, joining_rows, logits[source])
 
     def first_column(first: int, end: int) -> int:
         """The first column any live response in slots [first, end) reads."""
@@ -342,7 +390,7 @@ def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: in
 
     while True:
         free = (slot_row < 0).nonzero().squeeze(-1)
-        waiting = len(rows) - next_row
+        waiting = len(queue) - next_row
         # prefill in batches: once an eighth of the slots is free, or (without follow-ups) all that still wait fit
         batch = (slots // 8 or 1) if follow_up is not None else min(slots // 8 or 1, waiting)
         if waiting and (len(free) == len(slot_row) or (refill and len(free) >= batch)):
@@ -352,7 +400,7 @@ def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: in
         live = int(active.sum())
         if live == 0:
             break
-        if not waiting and follow_up is None and live <= len(slot_row) // 2:  # the tail: shrink to the live slots
+        if not waiting and live <= len(slot_row) // 2:  # the tail: shrink to the live slots
             keep = active.nonzero().squeeze(-1)
             cache.keep(keep)
             for i, tensor in enumerate(per_slot):
@@ -362,7 +410,7 @@ def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: in
         # drop the columns before the oldest live prompt once there are enough of them (a joining prompt must
         # still fit before the current column)
         unread = min(int(starts[active].min()), cache.length - (longest_prompt if waiting or follow_up else 0))
-        if unread >= DROP_COLUMNS_AT or cache.length + 1 > cache.capacity:
+        if unread >= max(DROP_COLUMNS_AT, int(cache.capacity * DROP_SHARE)) or cache.length + 1 > cache.capacity:
             cache.drop_columns(unread)
             mask[:, :cache.length] = mask[:, unread:unread + cache.length].clone()
             mask[:, cache.length:] = False
