@@ -160,37 +160,41 @@ def test_follow_up_prompts_join_as_their_turns_end_and_stay_exact(nb, monkeypatc
     context so far (the context, the response, an observation) goes on in its slot with only the observation fed;
     any other joins a free slot while other rows still decode. Either way every turn's greedy response is
     `generate`'s for that prompt, whatever the slots, sorting and dropped columns, and a banned first token stays
-    banned on every turn."""
+    banned on every turn. Observations of several lengths: episodes whose turns end at the same step (all of them,
+    at a short cap) go on together in one forward, the shorter ones padded."""
     model, tokenizer, eos_id = sharp_float64_model(nb, seed=3)
     monkeypatch.setattr(torch_sampler, "SORT_EVERY", 3)
     monkeypatch.setattr(torch_sampler, "DROP_COLUMNS_AT", 2)
     monkeypatch.setattr(torch_sampler, "DROP_SHARE", 0.0)
-    observation = tokenizer(" then ", add_special_tokens=False)["input_ids"]
+    observations = tokenizer([" then ", " and so on, then ", "!"], add_special_tokens=False)["input_ids"]
     starts = tokenizer([f"User: {i * 5 % 17} go" for i in range(6)], add_special_tokens=False)["input_ids"]
     turns = 3
     banned = ()
-    for slots in (6, 2, 3):
+    for slots, cap in ((6, 12), (2, 12), (3, 12), (6, 3)):
         prompts, turn_of = list(starts), [1] * len(starts)  # row -> its prompt and its turn
 
         def follow_up(row, response):
             if turn_of[row] == turns:
                 return None
             context = prompts[row] + response
+            observation = observations[row % len(observations)]
             prompts.append(context + observation if extends else observation + context)
             turn_of.append(turn_of[row] + 1)
             return prompts[-1]
-        responses, stats = nb.sample_with_model(model, starts, 1, True, 1.0, 12, {eos_id}, tokenizer.pad_token_id,
+        responses, stats = nb.sample_with_model(model, starts, 1, True, 1.0, cap, {eos_id}, tokenizer.pad_token_id,
                                                 slots, follow_up=follow_up, max_prompt_tokens=200,
                                                 banned_first_tokens=banned)
         assert len(responses) == len(prompts) == len(starts) * turns
         assert stats.continued == (len(starts) * (turns - 1) if extends else 0)
-        assert stats.prefills == -(-len(starts) // slots) if extends else stats.prefills > 2
+        assert stats.prefills <= len(starts) if extends else stats.prefills > 2  # extended: only first prompts prefilled
+        if extends and cap == 3:
+            assert stats.extensions < stats.continued  # several episodes went on in one forward
         ids, mask = torch_sampler.left_padded(prompts, tokenizer.pad_token_id, "cpu")
         output = model.generate(input_ids=ids, attention_mask=mask, generation_config=GenerationConfig(
-            do_sample=False, max_new_tokens=12, eos_token_id=[eos_id], pad_token_id=tokenizer.pad_token_id,
+            do_sample=False, max_new_tokens=cap, eos_token_id=[eos_id], pad_token_id=tokenizer.pad_token_id,
             begin_suppress_tokens=list(banned) or None))
         assert responses == [nb.trim_at_eos(row, {eos_id}) for row in output[:, ids.shape[1]:].tolist()], \
-            f"slots={slots}"
+            f"slots={slots}, cap={cap}"
         if banned:
             assert not {response[0] for response in responses} & set(banned)
         else:  # the rounds after the first ban the first tokens that its later turns chose
