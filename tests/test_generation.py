@@ -186,7 +186,7 @@ def test_follow_up_prompts_join_as_their_turns_end_and_stay_exact(nb, monkeypatc
                                                 banned_first_tokens=banned)
         assert len(responses) == len(prompts) == len(starts) * turns
         assert stats.continued == (len(starts) * (turns - 1) if extends else 0)
-        assert stats.prefills <= len(starts) if extends else stats.prefills > 2  # extended: only first prompts prefilled
+        assert stats.prefills <= len(starts) if extends else stats.prefills > 2  # extending: first prompts only
         if extends and cap == 3:
             assert stats.extensions < stats.continued  # several episodes went on in one forward
         ids, mask = torch_sampler.left_padded(prompts, tokenizer.pad_token_id, "cpu")

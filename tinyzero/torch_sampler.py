@@ -342,15 +342,14 @@ def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: in
         chosen = torch.tensor(going_on, dtype=torch.long, device=device)
         first = int(starts[chosen].min())
         ids, added_mask = left_padded(list(added), pad_id, device)
-        width = ids.shape[1]
         past = DynamicCache(config=model.config)
         for index, layer in enumerate(cache.layers):
-            past.update(layer.key_buffer[chosen, :, first:cache.length], layer.value_buffer[chosen, :, first:cache.length],
-                        index)
+            past.update(layer.key_buffer[chosen, :, first:cache.length],
+                        layer.value_buffer[chosen, :, first:cache.length], index)
+        attention_mask = torch.cat([mask[chosen, first:cache.length].long(), added_mask], -1)
         position_ids = positions[chosen, None] + (added_mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=torch.cat([mask[chosen, first:cache.length].long(), added_mask], -1),
-                       position_ids=position_ids, past_key_values=past, use_cache=True,
-                       logits_to_keep=1).logits[:, -1].float()
+        logits = model(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=past,
+                       use_cache=True, logits_to_keep=1).logits[:, -1].float()
         stats.extensions += 1
         stats.continued += len(going_on)
         for i, (slot, tokens) in enumerate(zip(going_on, added)):
@@ -392,7 +391,7 @@ def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: in
         free = (slot_row < 0).nonzero().squeeze(-1)
         waiting = len(queue) - next_row
         # prefill in batches: once an eighth of the slots is free, or (without follow-ups) all that still wait fit
-        batch = (slots // 8 or 1) if follow_up is not None else min(slots // 8 or 1, waiting)
+        batch = (len(slot_row) // 8 or 1) if follow_up is not None else min(len(slot_row) // 8 or 1, waiting)
         if waiting and (len(free) == len(slot_row) or (refill and len(free) >= batch)):
             fill(free)
             continue

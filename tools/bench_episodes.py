@@ -74,7 +74,8 @@ def main() -> None:
                     generations, rewards, episodes = module.rollouts(model, tokenizer, problems, config, greedy,
                                                                      samples, show_progress=False)
                 results[name]["rounds"].append(round(time.perf_counter() - started, 2))
-                results[name] |= {"episodes": len(rewards), "success": round(sum(r == 1.0 for r in rewards) / len(rewards), 4),
+                results[name] |= {"episodes": len(rewards),
+                                  "success": round(sum(r == 1.0 for r in rewards) / len(rewards), 4),
                                   "mean_turns": round(sum(e["turns"] for e in episodes) / len(episodes), 3),
                                   "policy_tokens": sum(map(sum, generations.policy_masks))}
         for result in results.values():
