@@ -14,34 +14,23 @@ and computes only the tokens the environment added. Prints one JSON object and w
     .venv/bin/python tools/bench_episodes.py
     .venv/bin/python tools/bench_episodes.py --lakes 16 --rounds 1 --output /tmp/bench_episodes.json
 """
-import importlib.util
 import json
 import pathlib
-import subprocess
-import tempfile
-import time
 
 import torch
 
-from bench_generation import previous_notebook
+from bench_generation import interleaved_rounds, previous_notebook
 from stage0_tools import ROOT, base_model_arguments, load_base_model
 
 PREVIOUS = "3f41027"  # the last revision whose episodes prefilled each turn's whole context
 
 
-def previous_episode_sampler(revision: str):
-    """The notebook's definitions at `revision`, sampling with that revision's `tinyzero/torch_sampler.py` (the
-    package beside the notebook is this revision's: the notebook's names for the sampler are rebound)."""
-    module = previous_notebook(revision)
-    source = subprocess.run(["git", "show", f"{revision}:tinyzero/torch_sampler.py"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout
-    path = pathlib.Path(tempfile.mkdtemp()) / f"torch_sampler_{revision}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    sampler = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sampler)
-    module.sample_with_model, module.trim_at_eos = sampler.sample_with_model, sampler.trim_at_eos
-    return module
+def episode_figures(returned: tuple) -> dict:
+    """What a call of `rollouts` played: episodes, their success rate, mean turns, and the policy's tokens."""
+    generations, rewards, episodes = returned
+    return {"episodes": len(rewards), "success": round(sum(r == 1.0 for r in rewards) / len(rewards), 4),
+            "mean_turns": round(sum(e["turns"] for e in episodes) / len(episodes), 3),
+            "policy_tokens": sum(map(sum, generations.policy_masks))}
 
 
 def main() -> None:
@@ -54,7 +43,7 @@ def main() -> None:
     nb, config, datasets, path, tokenizer, model = load_base_model(args.preset, args.cache_dir, seed=args.seed,
                                                                    tasks=["frozenlake"])
     model.eval()
-    revisions = {"now": nb, f"previous_{args.previous}": previous_episode_sampler(args.previous)}
+    revisions = {"now": nb, f"previous_{args.previous}": previous_notebook(args.previous, own_sampler=True)}
     lakes = datasets["frozenlake"]["test"][:args.lakes]
     work = {"greedy": (lakes, True, 1),
             "reference": (datasets["frozenlake"]["train"][:args.lakes // 2], False, config.num_ref_samples),
@@ -63,23 +52,12 @@ def main() -> None:
               "generation_batch_size": config.generation_batch_size, "max_turns": config.max_turns,
               "max_turn_tokens": config.max_turn_tokens, "threads": torch.get_num_threads(), "rounds": args.rounds}
     for kind, (problems, greedy, samples) in work.items():
-        results = {name: {"rounds": []} for name in revisions}
         for module in revisions.values():  # warm-up: first-call costs are nobody's sampling time
             module.rollouts(model, tokenizer, problems[:4], config, greedy, samples, show_progress=False)
-        for _ in range(args.rounds):
-            for name, module in revisions.items():
-                torch.manual_seed(args.seed)
-                started = time.perf_counter()
-                with torch.no_grad():
-                    generations, rewards, episodes = module.rollouts(model, tokenizer, problems, config, greedy,
-                                                                     samples, show_progress=False)
-                results[name]["rounds"].append(round(time.perf_counter() - started, 2))
-                results[name] |= {"episodes": len(rewards),
-                                  "success": round(sum(r == 1.0 for r in rewards) / len(rewards), 4),
-                                  "mean_turns": round(sum(e["turns"] for e in episodes) / len(episodes), 3),
-                                  "policy_tokens": sum(map(sum, generations.policy_masks))}
-        for result in results.values():
-            result["seconds"] = sorted(result["rounds"])[len(result["rounds"]) // 2]
+        runs = {name: (lambda module=module: module.rollouts(model, tokenizer, problems, config, greedy, samples,
+                                                            show_progress=False)) for name, module in revisions.items()}
+        with torch.no_grad():
+            results = interleaved_rounds(runs, episode_figures, args.seed, args.rounds)
         results["speedup"] = round(results[f"previous_{args.previous}"]["seconds"] / results["now"]["seconds"], 2)
         report[kind] = results
         print(kind, json.dumps(results), flush=True)

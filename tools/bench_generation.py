@@ -18,6 +18,7 @@ revision's as the preset runs it (with its `adaptive_min_samples`), taking turns
     .venv/bin/python tools/bench_generation.py --prompts 64 --previous 79e8044 --with-generate
 """
 import dataclasses
+import importlib.util
 import json
 import pathlib
 import subprocess
@@ -48,14 +49,28 @@ def transformers_generate(nb, model, tokenizer, prompts: list[str], config, samp
     return responses
 
 
-def previous_notebook(revision: str):
-    """The notebook's definitions at an earlier git revision."""
-    source = subprocess.run(["git", "show", f"{revision}:TinyZero_AstarPO.ipynb"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout
+def file_at(revision: str, path: str, folder: pathlib.Path) -> pathlib.Path:
+    """`path` as it was at git `revision`, written into `folder`."""
+    source = subprocess.run(["git", "show", f"{revision}:{path}"], cwd=ROOT, check=True, capture_output=True,
+                            text=True).stdout
+    written = folder / pathlib.Path(path).name
+    written.write_text(source)
+    return written
+
+
+def previous_notebook(revision: str, own_sampler: bool = False):
+    """The notebook's definitions at an earlier git revision, beside this revision's `tinyzero` package; with
+    `own_sampler`, sampling with that revision's `tinyzero/torch_sampler.py` (the notebook's names for it rebound)."""
     folder = pathlib.Path(tempfile.mkdtemp())
-    (folder / "TinyZero_AstarPO.ipynb").write_text(source)
     (folder / "tinyzero").symlink_to(ROOT / "tinyzero")
-    return load_notebook_module(folder / "TinyZero_AstarPO.ipynb")
+    module = load_notebook_module(file_at(revision, "TinyZero_AstarPO.ipynb", folder))
+    if own_sampler:
+        path = file_at(revision, "tinyzero/torch_sampler.py", folder)
+        spec = importlib.util.spec_from_file_location(f"torch_sampler_{revision}", path)
+        sampler = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sampler)
+        module.sample_with_model, module.trim_at_eos = sampler.sample_with_model, sampler.trim_at_eos
+    return module
 
 
 def timed(run, prompts: list[str], prompt_ids: list[list[int]], seed: int, warm_up: bool = True
@@ -136,23 +151,33 @@ def attention_share(run, prompts: list[str], prompt_ids: list[list[int]], seed: 
     return {"seconds": round(seconds, 2), "attention_seconds": round(spent[0], 2), "share": round(spent[0] / seconds, 3)}
 
 
-def stage1_rounds(variants: dict, model, tokenizer, problems: list, seed: int, rounds: int) -> dict:
-    """Stage 1's reference sampling for each variant, (notebook module, config) by name, timed `rounds` times with
-    the variants taking turns (this machine's speed drifts over minutes): each one's seconds per round and their
-    median, samples and sampled tokens. Each is warmed up on a few problems first."""
-    for module, config in variants.values():
-        module.sample_reference_rewards(model, tokenizer, problems[:8], config, show_progress=False)
-    results = {name: {"rounds": []} for name in variants}
+def interleaved_rounds(runs: dict, figures, seed: int, rounds: int) -> dict:
+    """Each of `runs` (by name, a function of no arguments) timed `rounds` times from `seed`, the runs taking turns
+    (this machine's speed drifts over minutes): each one's seconds per round, their median (`seconds`), and
+    `figures` of what its last round returned (a dict, computed outside the timing)."""
+    results = {name: {"rounds": []} for name in runs}
     for _ in range(rounds):
-        for name, (module, config) in variants.items():
+        for name, run in runs.items():
             torch.manual_seed(seed)
             started = time.perf_counter()
-            rewards, tokens = module.sample_reference_rewards(model, tokenizer, problems, config, show_progress=False)
+            returned = run()
             results[name]["rounds"].append(round(time.perf_counter() - started, 2))
-            results[name] |= {"samples": sum(map(len, rewards)), "sampled_tokens": tokens}
+            results[name] |= figures(returned)
     for result in results.values():
         result["seconds"] = sorted(result["rounds"])[len(result["rounds"]) // 2]
     return results
+
+
+def stage1_rounds(variants: dict, model, tokenizer, problems: list, seed: int, rounds: int) -> dict:
+    """Stage 1's reference sampling for each variant, (notebook module, config) by name, in `interleaved_rounds`:
+    each one's seconds per round and their median, samples and sampled tokens. Each is warmed up on a few problems
+    first."""
+    for module, config in variants.values():
+        module.sample_reference_rewards(model, tokenizer, problems[:8], config, show_progress=False)
+    runs = {name: (lambda module=module, config=config: module.sample_reference_rewards(
+        model, tokenizer, problems, config, show_progress=False)) for name, (module, config) in variants.items()}
+    return interleaved_rounds(runs, lambda returned: {"samples": sum(map(len, returned[0])),
+                                                      "sampled_tokens": returned[1]}, seed, rounds)
 
 
 def main() -> None:
