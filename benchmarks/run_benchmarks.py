@@ -472,6 +472,10 @@ def main() -> None:
     if not args.report_only:
         for name in settings:  # the sweep, on the first seed
             run(name, seeds[0])
+        if not args.skip_trl:  # beside the sweep's runs of the same settings, before the other seeds
+            for seed in size["trl_seeds"]:
+                run_trl("a2po", size, seed, settings[headline[0]]["overrides"], out, cache)
+                run_trl("grpo", size, seed, settings[headline[1]]["overrides"], out, cache)
     first = [notebook_curve(out / "runs" / f"{name}-seed{seeds[0]}", settings[name], seeds[0]) for name in settings
              if finished(out, f"{name}-seed{seeds[0]}")]
     picked = {e["setting"] for row in frontier(first, seeds[0], seeds[:1]) for e in row["families"].values()} - {None}
@@ -480,10 +484,6 @@ def main() -> None:
         for seed in seeds[1:]:  # seed by seed, so that an early stop leaves whole seeds
             for name in again:
                 run(name, seed)
-        if not args.skip_trl:
-            for seed in size["trl_seeds"]:
-                run_trl("a2po", size, seed, settings[headline[0]]["overrides"], out, cache)
-                run_trl("grpo", size, seed, settings[headline[1]]["overrides"], out, cache)
     curves = [notebook_curve(out / "runs" / f"{name}-seed{seed}", settings[name], seed) for seed in seeds
               for name in settings if finished(out, f"{name}-seed{seed}")]
     rows = frontier(curves, seeds[0], seeds)
