@@ -52,6 +52,9 @@ SIZES = {  # the benchmark at full size, and the smoke version CI runs
 }
 
 
+NO_TRL_COUNTERPART = {"adaptive_min_samples": 0}  # notebook options TRL's runs leave at their plain setting
+
+
 def sweep_settings(size: dict, prompts_per_step: int) -> list[dict]:
     """Every setting of the sweep: a name, its family and its Config overrides. `prompts_per_step` is A*PO's
     (the preset's), which fixes both GRPO settings: prompts x G = it, or it x G."""
@@ -119,7 +122,9 @@ def run_trl(trainer: str, size: dict, seed: int, overrides: dict, out: pathlib.P
     path = out / "runs" / f"trl-{trainer}-seed{seed}.json"
     if path.exists():
         return path
-    overrides = {"eval_every": size["eval_every"], "train_steps": size["train_steps"], **overrides}
+    # TRL's A2PO draws N reference samples for every prompt: it has no counterpart of the adaptive stage 1
+    overrides = {"eval_every": size["eval_every"], "train_steps": size["train_steps"], **overrides,
+                 **NO_TRL_COUNTERPART}
     generations = overrides.get("num_generations", 8)
     command = [sys.executable, "benchmarks/trl_driver.py", "--trainer", trainer, "--preset", size["preset"],
                "--seed", str(seed), "--cache-dir", str(cache), "--overrides", json.dumps(overrides),

@@ -183,3 +183,19 @@ def test_trl_ratio_tool_tabulates_the_smoke_runs_without_running_them_again(smok
     a2po = report["trl_over_notebook"]["trl-a2po-seed0"]
     assert a2po["trl_over_notebook_stage1"] > 0 and a2po["trl_over_notebook_seconds_per_step"] > 0
     assert report["trl_over_notebook"]["trl-grpo-seed0"]["trl_over_notebook_seconds_per_step"] > 0
+
+
+def test_trl_runs_turn_off_what_trl_has_no_counterpart_for(bench, tmp_path, monkeypatch):
+    """The `cpu` preset draws stage 1 adaptively, which the TRL driver refuses: its TRL runs ask for plain N."""
+    pytest.importorskip("trl")
+    sys.path.insert(0, str(SCRIPT.parent))
+    from trl_driver import unsupported_settings
+    commands = []
+    monkeypatch.setattr(bench, "run_logged", lambda name, command, out: commands.append(command))
+    size = bench.SIZES["cpu"]
+    nb = bench.load_notebook_module()
+    assert unsupported_settings(nb.make_config(size["preset"])) == ["adaptive_min_samples"]
+    bench.run_trl("a2po", size, 0, {"learning_rate": 1e-4}, tmp_path, tmp_path / "cache")
+    overrides = json.loads(commands[0][commands[0].index("--overrides") + 1])
+    assert overrides["learning_rate"] == 1e-4
+    assert unsupported_settings(nb.make_config(size["preset"], **overrides)) == []
