@@ -186,16 +186,20 @@ def test_trl_ratio_tool_tabulates_the_smoke_runs_without_running_them_again(smok
 
 
 def test_trl_runs_turn_off_what_trl_has_no_counterpart_for(bench, tmp_path, monkeypatch):
-    """The `cpu` preset draws stage 1 adaptively, which the TRL driver refuses: its TRL runs ask for plain N."""
+    """The `cpu` preset draws stage 1 adaptively, which the TRL driver refuses: its TRL runs ask for plain N. The
+    driver is asked in a subprocess: importing trl here would import trackio before tests/test_trackers.py sets its
+    folder."""
     pytest.importorskip("trl")
-    sys.path.insert(0, str(SCRIPT.parent))
-    from trl_driver import unsupported_settings
     commands = []
     monkeypatch.setattr(bench, "run_logged", lambda name, command, out: commands.append(command))
     size = bench.SIZES["cpu"]
-    nb = bench.load_notebook_module()
-    assert unsupported_settings(nb.make_config(size["preset"])) == ["adaptive_min_samples"]
     bench.run_trl("a2po", size, 0, {"learning_rate": 1e-4}, tmp_path, tmp_path / "cache")
     overrides = json.loads(commands[0][commands[0].index("--overrides") + 1])
     assert overrides["learning_rate"] == 1e-4
-    assert unsupported_settings(nb.make_config(size["preset"], **overrides)) == []
+    check = ("import json, sys; sys.path[:0] = ['benchmarks', 'tests']; from trl_driver import unsupported_settings; "
+             "from notebook_module import load_notebook_module; nb = load_notebook_module(); "
+             f"print(json.dumps([unsupported_settings(nb.make_config({size['preset']!r}, **o)) "
+             f"for o in ({{}}, json.loads(sys.argv[1]))]))")
+    result = subprocess.run([sys.executable, "-c", check, json.dumps(overrides)], cwd=SCRIPT.parent.parent,
+                            capture_output=True, text=True, check=True)
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [["adaptive_min_samples"], []]
