@@ -432,13 +432,13 @@ FUZZ_SETTINGS = dict(deadline=None, database=None,
 
 
 def test_fuzz_rewards_never_raise_and_stay_fast(nb):
-    """Rewards of 10,000 hostile completions are in {0, format_score, 1}, without exceptions, each fast.
+    """Rewards of 4,000 hostile completions are in {0, format_score, 1}, without exceptions, each fast.
 
     `pytest -s` shows the slowest and the mean reward-call time.
     """
     seconds_per_call = []
 
-    @settings(max_examples=10_000, **FUZZ_SETTINGS)
+    @settings(max_examples=4_000, **FUZZ_SETTINGS)
     @given(completion=FUZZ_COMPLETIONS, format_score=st.sampled_from([0.1, 0.0]))
     def check(completion, format_score):
         for reward_fn, args in (
@@ -452,7 +452,7 @@ def test_fuzz_rewards_never_raise_and_stay_fast(nb):
     check()
     slowest, mean = max(seconds_per_call), sum(seconds_per_call) / len(seconds_per_call)
     print(f"\nfuzz: {len(seconds_per_call)} reward calls, slowest {slowest * 1e3:.3f} ms, mean {mean * 1e6:.1f} us")
-    assert len(seconds_per_call) >= 20_000
+    assert len(seconds_per_call) >= 8_000
     assert slowest < SLOWEST_ALLOWED_SECONDS
 
 
