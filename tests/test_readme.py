@@ -22,6 +22,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import nbformat
 import pytest
@@ -69,11 +70,23 @@ def sandbox(tmp_path_factory):
 
 
 def run_in(folder: pathlib.Path, command: str, timeout: int = 300) -> str:
+    return run_together_in(folder, [command], timeout)[0]
+
+
+def run_together_in(folder: pathlib.Path, commands: list[str], timeout: int = 300) -> list[str]:
+    """Run `commands` at the same time in `folder` (each on one thread: they share this machine's cores) and
+    return what each printed; any that fails fails the test."""
     env = dict(os.environ, PATH=f"{folder / '.venv' / 'bin'}:{os.environ['PATH']}", OMP_NUM_THREADS="1")
-    result = subprocess.run(["bash", "-c", command], cwd=folder, capture_output=True, text=True, env=env,
-                            timeout=timeout)
-    assert result.returncode == 0, f"README command failed: {command}\n{(result.stdout + result.stderr)[-3000:]}"
-    return result.stdout + result.stderr
+    logs = [tempfile.TemporaryFile("w+") for _ in commands]  # not pipes: a full pipe would stall a command
+    started = [subprocess.Popen(["bash", "-c", command], cwd=folder, stdout=log, stderr=subprocess.STDOUT, text=True,
+                                env=env) for command, log in zip(commands, logs)]
+    printed = []
+    for command, process, log in zip(commands, started, logs):
+        process.wait(timeout=timeout)
+        log.seek(0)
+        printed.append(log.read())
+        assert process.returncode == 0, f"README command failed: {command}\n{printed[-1][-3000:]}"
+    return printed
 
 
 def small(command: str) -> str:
@@ -143,8 +156,7 @@ def test_the_other_notebook_commands_run_as_written(sandbox):
     """The tracker example (then TensorBoard reads what it logged) and the settings example."""
     commands = [c for c in COMMANDS if "-m papermill" in c and not c.startswith(SETUP) and "--prepare-only" not in c]
     assert len(commands) >= 2
-    for command in commands:
-        run_in(sandbox, small(command))
+    run_together_in(sandbox, [small(command) for command in commands])  # they write different run folders
     for command in (c for c in COMMANDS if c.startswith("tensorboard ")):
         printed = run_in(sandbox, command + " --inspect")
         assert "eval_greedy_accuracy" in printed or "reward" in printed, printed[-2000:]
