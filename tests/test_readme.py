@@ -81,11 +81,17 @@ def run_together_in(folder: pathlib.Path, commands: list[str], timeout: int = 30
     started = [subprocess.Popen(["bash", "-c", command], cwd=folder, stdout=log, stderr=subprocess.STDOUT, text=True,
                                 env=env) for command, log in zip(commands, logs)]
     printed = []
-    for command, process, log in zip(commands, started, logs):
-        process.wait(timeout=timeout)
-        log.seek(0)
-        printed.append(log.read())
-        assert process.returncode == 0, f"README command failed: {command}\n{printed[-1][-3000:]}"
+    try:
+        for command, process, log in zip(commands, started, logs):
+            process.wait(timeout=timeout)
+            log.seek(0)
+            printed.append(log.read())
+            assert process.returncode == 0, f"README command failed: {command}\n{printed[-1][-3000:]}"
+    finally:  # one failed or timed out: the others stop too, rather than run on beside the next tests
+        for process, log in zip(started, logs):
+            process.kill()
+            process.wait()
+            log.close()
     return printed
 
 
