@@ -203,8 +203,24 @@ def test_base_model_key_follows_the_corpus(nb):
     assert nb.base_model_path(with_lake, set()) != path
     assert nb.base_model_path(nb.make_config("cpu-tiny", tasks=["countdown", "multiplication", "frozenlake"],
                                              max_turns=3), set()) != nb.base_model_path(with_lake, set())
-    assert nb.base_model_path(nb.make_config("cpu-tiny", tasks=["countdown", "multiplication", "frozenlake"],
-                                             base_frozenlake_reasoning="neighbours"), set()) != nb.base_model_path(with_lake, set())
+    for field, value in (("base_frozenlake_reasoning", "checks"), ("base_frozenlake_seq_len", 256)):
+        changed = nb.make_config("cpu-tiny", tasks=["countdown", "multiplication", "frozenlake"], **{field: value})
+        assert nb.base_model_path(changed, set()) != nb.base_model_path(with_lake, set()), field
+    assert nb.base_model_path(nb.make_config("cpu-tiny", base_frozenlake_seq_len=1024), set()) == path
+
+
+@pytest.mark.parametrize("preset", ["cpu", "cpu-tiny"])
+def test_frozenlake_corpus_is_packed_in_longer_blocks_with_the_same_tokens_a_step(nb, preset):
+    arithmetic = nb.make_config(preset)
+    assert nb.stage0_block_shape(arithmetic) == (arithmetic.base_batch_size, arithmetic.base_seq_len)
+    lake = nb.make_config(preset, tasks=["frozenlake"])
+    batch_size, block_length = nb.stage0_block_shape(lake)
+    assert block_length == lake.base_frozenlake_seq_len == 512 > lake.base_seq_len
+    assert batch_size * block_length == lake.base_batch_size * lake.base_seq_len
+    assert nb.tiny_qwen2_config(nb.make_config(preset, tasks=["frozenlake"], base_frozenlake_seq_len=1024),
+                                nb.build_char_tokenizer()).max_position_embeddings == 1024
+    shorter = nb.make_config(preset, tasks=["frozenlake"], base_frozenlake_seq_len=64)  # never shorter than the rest
+    assert nb.stage0_block_shape(shorter) == (shorter.base_batch_size, shorter.base_seq_len)
 
 
 @pytest.mark.parametrize("share", [0.2, 0.5])
@@ -250,6 +266,7 @@ def test_held_out_lakes_are_unseen(nb):
     (dict(actions_per_turn=1.5), "actions_per_turn"),
     (dict(max_turn_tokens=0), "max_turn_tokens"),
     (dict(base_frozenlake_reasoning="both"), "base_frozenlake_reasoning"),
+    (dict(base_frozenlake_seq_len=0), "base_frozenlake_seq_len"),
     (dict(base_frozenlake_share=1.5), "base_frozenlake_share"),
     (dict(base_frozenlake_share=1.0), "base_frozenlake_share"),
     (dict(base_frozenlake_share=0.0), "base_frozenlake_share"),
@@ -275,3 +292,15 @@ def test_a_single_response_to_a_lake_has_no_reward(nb):
     with pytest.raises(ValueError, match="several turns"):
         nb.reward_for(lake_problem(nb), answer("Down"))
     assert math.isclose(nb.reward_for(nb.Problem("countdown", "3x9", (7, 4, 2), 15, ""), answer("(4*2)+7")), 1.0)
+
+
+def test_training_curves_name_each_tasks_own_level(nb):
+    records = [{"step": step, "reward": 0.5, "accuracy": 0.5, "response_tokens": 90.0, "loss": 0.2, "kl": 0.0,
+                "eval_greedy_accuracy/frozenlake": 0.5, "eval_greedy_accuracy/frozenlake/6x6": 0.25} for step in (1, 2)]
+    base_eval = {"frozenlake": {"greedy_accuracy": 0.0, "by_level": {"4x4": 0.0, "6x6": 0.0}}}
+    figure = nb.plot_training_curves(records, base_eval, "run", own_levels={"frozenlake": "4x4"})
+    held_out = figure.axes[2]
+    assert [line.get_label() for line in held_out.get_legend().get_lines()] == ["frozenlake/4x4", "frozenlake/6x6"]
+    figure = nb.plot_training_curves(records, base_eval, "run")  # without the levels: the task's name
+    assert held_out.get_legend() is not None and figure.axes[2].get_legend().get_lines()[0].get_label() == "frozenlake"
+    nb.plt.close("all")
