@@ -132,9 +132,9 @@ def response_tokens_of(batch: dict) -> float:
 class Measurements(TrainerCallback):
     """Per-step wall seconds, mean reward and response tokens, and the held-out greedy evaluations."""
 
-    def __init__(self, greedy_accuracy, tokenizer, eval_problems: dict, config):
-        self.greedy_accuracy, self.tokenizer, self.eval_problems, self.config = \
-            greedy_accuracy, tokenizer, eval_problems, config
+    def __init__(self, greedy_accuracies, tokenizer, eval_problems: dict, config):
+        self.greedy_accuracies, self.tokenizer, self.eval_problems, self.config = \
+            greedy_accuracies, tokenizer, eval_problems, config
         self.stage1_seconds, self.eval_seconds, self.steps, self.evals = None, 0.0, [], []
         self.step_started, self.response_tokens, self.phases = None, None, {}
 
@@ -185,9 +185,8 @@ class Measurements(TrainerCallback):
         config, step = self.config, state.global_step
         if config.eval_every and (step % config.eval_every == 0 or step == config.train_steps):
             started, training = time.perf_counter(), model.training
-            accuracy = {task: self.greedy_accuracy(model, self.tokenizer, problems, config, rank=0, world_size=1)
-                        for task, problems in self.eval_problems.items()}
-            model.train(training)  # greedy_accuracy leaves the model in eval mode
+            accuracy = self.greedy_accuracies(model, self.tokenizer, self.eval_problems, config, rank=0, world_size=1)
+            model.train(training)  # greedy_accuracies leaves the model in eval mode
             self.eval_seconds += time.perf_counter() - started
             self.evals.append({"step": step, "train_seconds": self.train_seconds(), "accuracy": accuracy})
 
@@ -208,7 +207,7 @@ def run(trainer_name: str, preset: str, seed: int, cache_dir: str, overrides: di
     if unsupported:
         raise ValueError(f"TRL has no counterpart for these notebook settings: {unsupported}")
     train_problems = [p for task in config.tasks for p in splits[task]["train"]]  # the notebook's training prompts
-    measurements = Measurements(nb.greedy_accuracy, tokenizer, nb.periodic_eval_problems(splits, config), config)
+    measurements = Measurements(nb.greedy_accuracies, tokenizer, nb.periodic_eval_problems(splits, config), config)
     trainer_class = A2POTrainer if trainer_name == "a2po" else GRPOTrainer
     with tempfile.TemporaryDirectory() as output_dir:
         trainer = trainer_class(model=model, reward_funcs=make_reward_function(nb.reward_for, train_problems,

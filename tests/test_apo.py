@@ -1,5 +1,6 @@
 """A*PO stage 1 and stage 2 maths, masking, data order, and the non-finite guard."""
 import dataclasses
+import json
 import math
 import os
 
@@ -232,3 +233,34 @@ def test_micro_batches_change_neither_loss_nor_gradient(nb):
     assert grouped["loss"] == pytest.approx(expected_loss, rel=1e-5)
     for a, b in zip(whole_parameters, grouped_parameters):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_the_final_evaluation_is_the_last_steps_point(nb, tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": step, "reward": 0.5}) + "\n" for step in (1, 2)))
+    final_eval = {"countdown": {"greedy_accuracy": 0.25, "by_level": {"3x9": 0.25, "3x20": 0.125}}}
+    groups = {"countdown": [], "countdown/3x20": []}
+    assert nb.record_final_evaluation(str(tmp_path), final_eval, groups, step=3) == {}, "not the last step's record"
+    values = nb.record_final_evaluation(str(tmp_path), final_eval, groups, step=2)
+    assert values == {"eval_greedy_accuracy/countdown": 0.25, "eval_greedy_accuracy/countdown/3x20": 0.125}
+    assert nb.read_metrics(str(path)) == [{"step": 1, "reward": 0.5}, {"step": 2, "reward": 0.5, **values}]
+    assert nb.record_final_evaluation(str(tmp_path), final_eval, groups, step=2) == values  # a re-run cell: the same
+    assert len(nb.read_metrics(str(path))) == 2
+
+
+def test_greedy_accuracies_decode_every_group_in_one_pass(nb, monkeypatch):
+    config = nb.make_config("cpu-tiny")
+    datasets = nb.build_datasets(config)
+    groups = {"countdown": datasets["countdown"]["test"][:6], "multiplication": datasets["multiplication"]["test"][:5],
+              "multiplication/3x1": datasets["multiplication"]["test"][5:7]}
+    passes = []
+
+    def fake_rollouts(model, tokenizer, problems, config, greedy, **kwargs):  # right where the target is even
+        passes.append(len(problems))
+        return None, [1.0 if problem.target % 2 == 0 else 0.1 for problem in problems], [None] * len(problems)
+    monkeypatch.setattr(nb, "rollouts", fake_rollouts)
+    accuracies = nb.greedy_accuracies(torch.nn.Linear(1, 1), None, groups, config, rank=0, world_size=1)
+    assert passes == [13], "one pass over every group's problems"
+    assert accuracies == {name: sum(p.target % 2 == 0 for p in problems) / len(problems)
+                          for name, problems in groups.items()}
+    assert 0 < accuracies["countdown"] < 1 or 0 < accuracies["multiplication"] < 1, "the problems tell groups apart"

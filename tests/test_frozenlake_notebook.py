@@ -37,6 +37,9 @@ def test_frozenlake_run_records_episodes(lake_run):
         assert 0.0 <= record["accuracy/frozenlake"] <= 1.0 and math.isfinite(record["loss"])
     assert "eval_greedy_accuracy/frozenlake" in records[1]
     summary = json.loads((lake_run / "finished" / "tiny" / "summary.json").read_text())
+    trained = summary["trained"]["frozenlake"]  # the last step's point is the final evaluation
+    assert records[-1]["eval_greedy_accuracy/frozenlake"] == trained["greedy_accuracy"]
+    assert records[-1]["eval_greedy_accuracy/frozenlake/6x6"] == trained["by_level"]["6x6"]
     for when in ("base", "trained"):
         report = summary[when]["frozenlake"]
         assert set(report["by_level"]) == {"4x4", "4x4-slippery", "6x6"}

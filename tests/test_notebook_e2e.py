@@ -62,6 +62,11 @@ def test_summary_plots_and_model_are_well_formed(finished_run):
             report = summary[when][task]
             assert 0.0 <= report["greedy_accuracy"] <= 1.0 and 0.0 <= report["pass@1"] <= report["pass@2"] <= 1.0
             assert set(report["by_level"]) >= {"3x9"} or set(report["by_level"]) >= {"3x1"}
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval_greedy_accuracy/countdown" in r] == [4, 8]
+    assert "eval_seconds" in records[3] and "eval_seconds" not in records[-1], "the last step is evaluated once, after"
+    for task in ("countdown", "multiplication"):
+        assert records[-1][f"eval_greedy_accuracy/{task}"] == summary["trained"][task]["greedy_accuracy"]
     for name in ("training_curves.png", "vstar_histogram.png"):
         data = (run_dir / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
