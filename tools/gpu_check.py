@@ -1,12 +1,14 @@
 """The GPU path on a CUDA GPU, with no model hub: Qwen2.5's exact architectures with random weights and Qwen2.5's
 tokenizer (tools/qwen_full_size.py builds both), run through the notebook itself (papermill) with the Qwen
-presets' settings on CUDA: bfloat16 compute, FSDP2, the torch sampler. Three runs:
+presets' settings on CUDA: bfloat16 compute, FSDP2, the torch sampler. The runs:
 
 * `0.5b`: stage 1, two A*PO steps with a checkpoint after each, then the notebook again, resuming at step 2 and
   taking a third. Short responses (256 tokens) keep it to a few minutes.
 * `3b`: one A*PO step at the `qwen2.5-3b` preset's training settings (256 prompts a step, 1,024-token
   responses, micro-batches of 4, gradient checkpointing), to measure peak GPU memory against docs/memory.md's
   estimate. Stage 1 draws one sample per prompt, and the evaluations use four multiplication problems.
+* `frozenlake`, `frozenlake-grpo`: FrozenLake episodes on the 0.5B shape (10 turns of up to 96 tokens, the
+  environment's observations between them): stage 1, two A*PO steps and a resumed third; one GRPO step.
 * `sampler`: the torch sampler's decoding step at the 0.5B shape, the model's own forward against the fused step,
   at 64 and 256 rows (a minute or two).
 
@@ -42,6 +44,16 @@ RUNS = {
     "3b": dict(shape="3b", steps=[1], overrides=dict(
         SMALL_EVAL, tasks=["multiplication"], pass_k=1, train_prompts_per_task=256, max_new_tokens=1024,
         num_ref_samples=1, prompts_per_step=256, generation_batch_size=256, eval_every=100, checkpoint_every=0)),
+    # FrozenLake on the Qwen path: multi-turn episodes (10 turns to the preset's 96-token cap, observations between
+    # them) through stage 1, two A*PO steps and a resumed third; then one GRPO step (8 prompts x 4 episodes) from a
+    # fresh run folder. Evaluation greedy only (pass@1), at the start and the end of each notebook run.
+    "frozenlake": dict(shape="0.5b", steps=[2, 3], overrides=dict(
+        SMALL_EVAL, tasks=["frozenlake"], frozenlake_eval_levels=["4x4"], pass_k=1, train_prompts_per_task=32,
+        num_ref_samples=8, prompts_per_step=32, generation_batch_size=256, eval_every=2, checkpoint_every=1)),
+    "frozenlake-grpo": dict(shape="0.5b", steps=[1], overrides=dict(
+        SMALL_EVAL, tasks=["frozenlake"], frozenlake_eval_levels=["4x4"], pass_k=1, algorithm="grpo",
+        train_prompts_per_task=32, prompts_per_step=8, num_generations=4, generation_batch_size=256, eval_every=2,
+        checkpoint_every=1)),
 }
 # --smoke: the same runs' plumbing on the CPU with a two-layer Qwen-shaped model, in about a minute each.
 SMOKE_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
