@@ -175,6 +175,19 @@ def test_the_optimal_success_on_slippery_ice_is_what_playing_it_achieves():
     assert abs(wins / plays - expected) < 4 * sigma
 
 
+def test_moves_committed_a_turn_ahead_bound_the_agent_between_one_and_all_moves_seen():
+    solid = fl.Lake("4x4", ("SFFF", "FHFH", "FFFH", "HFFG"), False, 0)  # 6 moves on solid ice
+    assert fl.turn_plan_success(solid, 3, 2) == 1.0 and fl.turn_plan_success(solid, 2, 2) == 0.0
+    assert fl.turn_plan_success(solid, 5, 1) == 0.0 and fl.turn_plan_success(solid, 6, 1) == 1.0
+    for lake in lakes("4x4-slippery", 8, seed=5):
+        for turns in (3, 6):
+            one, two = fl.turn_plan_success(lake, turns, 1), fl.turn_plan_success(lake, turns, 2)
+            assert one == pytest.approx(fl.optimal_success(lake, turns))
+            assert one <= two <= fl.optimal_success(lake, 2 * turns) + 1e-12
+    lake = lakes("4x4-slippery", 1, seed=3)[0]  # two blind moves: strictly between the two bounds here
+    assert fl.optimal_success(lake, 6) < fl.turn_plan_success(lake, 6, 2) < fl.optimal_success(lake, 12)
+
+
 def test_a_random_policy_is_far_below_the_optimal_one():
     drawn = lakes("6x6", 100)
     rng = random.Random(0)

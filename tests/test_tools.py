@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import pathlib
+import random
 import subprocess
 import sys
 import types
@@ -220,3 +221,19 @@ def test_the_search_weight_is_chosen_on_training_prompts(tiny_cache):
     for task in report["tasks"].values():
         assert task["problems"] == 3 and set(task["accuracy"]) == {"0.0", "4.0"}
         assert task["value_head"]["examples"] > 0 and task["budget_tokens"] >= 1
+
+
+def test_the_frozenlake_bounds_report_each_way_of_moving_on_the_heldout_lakes():
+    bounds = load_tool("frozenlake_bounds")
+    from tinyzero import frozenlake as fl
+    rng = random.Random(4)
+    problems = [types.SimpleNamespace(lake=fl.generate_lake(rng, "4x4-slippery")) for _ in range(6)]
+    report = bounds.bounds(problems, max_turns=4, actions_per_turn=2)
+    assert report["lakes"] == 6
+    assert report["one_move_a_turn"] <= report["up_to_2_moves_a_turn"] <= report["every_move_seen"]
+    assert report["one_move_a_turn"] == round(sum(fl.optimal_success(p.lake, 4) for p in problems) / 6, 4)
+    result = subprocess.run([sys.executable, str(TOOL.parent / "frozenlake_bounds.py"), "--preset", "cpu-tiny"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    levels = json.loads(result.stdout)["levels"]
+    assert sorted(levels) == ["4x4", "4x4-slippery", "6x6"] and levels["4x4"]["every_move_seen"] == 1.0

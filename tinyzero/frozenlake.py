@@ -11,6 +11,7 @@ iteration over the environment's own transition table, `best_actions_and_values`
 do within a number of moves; on ice that is not slippery, the shortest path) and a uniformly random one,
 both played on the problem's own seed (`play_optimal`, `play_random`).
 """
+import itertools
 import random
 import re
 from collections import deque
@@ -262,6 +263,35 @@ def best_actions_and_values(lake: Lake, moves: int) -> tuple[list[list[int]], li
 def optimal_success(lake: Lake, moves: int) -> float:
     """The chance that the best policy reaches the goal from the start within `moves` moves."""
     return best_actions_and_values(lake, moves)[1][state_of(lake.rows, lake.start)]
+
+
+def turn_plan_success(lake: Lake, turns: int, moves_per_turn: int) -> float:
+    """The chance that the best agent reaches the goal from the start within `turns` turns when each turn commits
+    to 1 to `moves_per_turn` moves before it sees the lake again (as a response's answer does; an unreadable answer
+    moves nothing and uses the turn). With one move a turn this is `optimal_success(lake, turns)`; on ice that
+    does not slip, `optimal_success(lake, turns * moves_per_turn)`; on slippery ice it lies between the two, since
+    the moves after a turn's first are made without seeing where the ice took the player."""
+    env = FrozenLakeEnv(desc=list(lake.rows), is_slippery=lake.slippery)
+    plans = [plan for length in range(1, moves_per_turn + 1)
+             for plan in itertools.product(range(len(ACTION_NAMES)), repeat=length)]
+    value = [0.0] * env.observation_space.n
+
+    def plan_value(state: int, plan: tuple, later: list[float]) -> float:
+        reached, where = 0.0, {state: 1.0}  # chance of the goal so far; where the player may stand, and how likely
+        for action in plan:
+            after = {}
+            for here, chance in where.items():
+                for p, there, reward, ends in env.P[here][action]:
+                    if ends:
+                        reached += chance * p * reward
+                    else:
+                        after[there] = after.get(there, 0.0) + chance * p
+            where = after
+        return reached + sum(chance * later[here] for here, chance in where.items())
+
+    for _ in range(turns):
+        value = [max([value[s]] + [plan_value(s, plan, value) for plan in plans]) for s in range(len(value))]
+    return value[state_of(lake.rows, lake.start)]
 
 
 def play(lake: Lake, max_turns: int, choose) -> Episode:
