@@ -232,8 +232,17 @@ def test_the_frozenlake_bounds_report_each_way_of_moving_on_the_heldout_lakes():
     assert report["lakes"] == 6
     assert report["one_move_a_turn"] <= report["up_to_2_moves_a_turn"] <= report["every_move_seen"]
     assert report["one_move_a_turn"] == round(sum(fl.optimal_success(p.lake, 4) for p in problems) / 6, 4)
-    result = subprocess.run([sys.executable, str(TOOL.parent / "frozenlake_bounds.py"), "--preset", "cpu-tiny"],
-                            capture_output=True, text=True, timeout=300)
+    solid = fl.Lake("4x4", ("SFFF", "FHFH", "FFFH", "HFFG"), False, 0)
+    down, right = fl.ACTIONS["down"], fl.ACTIONS["right"]
+    assert len(bounds.routes((0, 0), (3, 3))) == 20 and bounds.routes((3, 1), (3, 3)) == [(right, right)]
+    assert bounds.avoids_holes(solid.rows, (0, 0), (down, down, right, right, down, right))
+    assert not bounds.avoids_holes(solid.rows, (0, 0), (right, down, down, down, right, right))
+    chosen = bounds.hole_blind_routes("4x4", lakes=300)
+    assert all(route in bounds.routes(start, (3, 3)) for start, route in chosen.items())
+    assert bounds.hole_blind_success([types.SimpleNamespace(lake=solid)], {(0, 0): (down, down, right, right, down, right)}) == 1.0
+    result = subprocess.run([sys.executable, str(TOOL.parent / "frozenlake_bounds.py"), "--preset", "cpu-tiny",
+                             "--route-lakes", "300"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     levels = json.loads(result.stdout)["levels"]
     assert sorted(levels) == ["4x4", "4x4-slippery", "6x6"] and levels["4x4"]["every_move_seen"] == 1.0
+    assert 0.0 < levels["4x4"]["hole_blind_route"] < 1.0 and "hole_blind_route" not in levels["4x4-slippery"]
