@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from tinyzero import torch_sampler
+from tinyzero import checkpoints, torch_sampler
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tools"))
 from heldout_coverage import countdown_space, document_key, multiplication_space_size  # noqa: E402
@@ -167,12 +167,12 @@ def test_every_field_a_resume_may_change_feeds_no_base_model_problem_or_v_star(n
                                                                            for p in s["train"]], c, "code"))
     expected = derived(config, datasets)
     assert expected[0] == nb.base_model_path(dataclasses.replace(config, cache_dir="x"), heldout) and prompts
-    for name in sorted(nb.resumable_fields(config)):
+    for name in sorted(checkpoints.resumable_fields(config)):
         if name == "report_to":
             changed = dataclasses.replace(config, report_to=())  # no tracker install needed
         else:
             changed = nb.Config(**{**dataclasses.asdict(config), name: another_value(nb, name, getattr(config, name))})
-        assert nb.config_differences(nb.json.loads(nb.json.dumps(dataclasses.asdict(config))), changed) == []
+        assert checkpoints.config_differences(nb.json.loads(nb.json.dumps(dataclasses.asdict(config))), changed) == []
         assert derived(changed, nb.build_datasets(changed)) == expected, f"{name} changes what the run trains on"
 
 
@@ -182,17 +182,17 @@ def test_changing_eval_prompts_per_task_is_refused_on_resume(nb):
     changed = dataclasses.replace(config, eval_prompts_per_task=128)
     assert nb.problems_digest(nb.build_datasets(config)) != nb.problems_digest(nb.build_datasets(changed))
     saved = nb.json.loads(nb.json.dumps(dataclasses.asdict(config)))
-    assert nb.config_differences(saved, changed) == ["eval_prompts_per_task"]
+    assert checkpoints.config_differences(saved, changed) == ["eval_prompts_per_task"]
 
 
 def test_train_steps_sets_a_sequential_curriculum_and_is_then_not_resumable(nb):
     curriculum = {"multiplication": [("2x1", 0.5), ("3x1", 0.5)]}
     config = nb.make_config("cpu-tiny", curriculum=curriculum, curriculum_schedule="sequential")
     saved = nb.json.loads(nb.json.dumps(dataclasses.asdict(config)))
-    assert nb.config_differences(saved, dataclasses.replace(config, train_steps=8)) == ["train_steps"]
+    assert checkpoints.config_differences(saved, dataclasses.replace(config, train_steps=8)) == ["train_steps"]
     mixed = dataclasses.replace(config, curriculum_schedule="mixed")
     saved = nb.json.loads(nb.json.dumps(dataclasses.asdict(mixed)))
-    assert nb.config_differences(saved, dataclasses.replace(mixed, train_steps=8)) == []
+    assert checkpoints.config_differences(saved, dataclasses.replace(mixed, train_steps=8)) == []
 
 
 def checkpoint_state(nb, config, world_size=1, inputs=None):
@@ -203,14 +203,14 @@ def checkpoint_state(nb, config, world_size=1, inputs=None):
 def test_resume_refuses_another_world_size_and_other_inputs(nb):
     config = nb.make_config("cpu-tiny")
     state = checkpoint_state(nb, config, world_size=2)
-    assert "written by 2 processes" in nb.resume_refusal(state, "run/checkpoint.pt", config, {"problems": "a"}, 1)
-    assert nb.resume_refusal(state, "run/checkpoint.pt", config, {"problems": "a"}, 2) is None
+    assert "written by 2 processes" in checkpoints.resume_refusal(state, "run/checkpoint.pt", config, {"problems": "a"}, 1)
+    assert checkpoints.resume_refusal(state, "run/checkpoint.pt", config, {"problems": "a"}, 2) is None
     state = checkpoint_state(nb, config)
-    refusal = nb.resume_refusal(state, "run/checkpoint.pt", dataclasses.replace(config, eval_every=5),
+    refusal = checkpoints.resume_refusal(state, "run/checkpoint.pt", dataclasses.replace(config, eval_every=5),
                                 {"problems": "b"}, 1)
     assert "other problems" in refusal and "eval_every" in refusal
-    assert "the code or the model" in nb.resume_refusal(state, "run/checkpoint.pt", config, {"problems": "b"}, 1)
-    assert "learning_rate" in nb.resume_refusal(state, "run/checkpoint.pt",
+    assert "the code or the model" in checkpoints.resume_refusal(state, "run/checkpoint.pt", config, {"problems": "b"}, 1)
+    assert "learning_rate" in checkpoints.resume_refusal(state, "run/checkpoint.pt",
                                                 dataclasses.replace(config, learning_rate=1.0), {"problems": "a"}, 1)
 
 

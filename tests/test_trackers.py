@@ -7,6 +7,7 @@ import struct
 import pytest
 
 from notebook_runs import kill_after_steps, papermill_command, run_checked
+from tinyzero import checkpoints
 
 TRAIN_STEPS = 8
 TRACKERS = ["tensorboard", "wandb", "trackio"]
@@ -24,7 +25,7 @@ def test_unknown_or_missing_trackers_fail_at_once(nb):
 
 def test_changing_trackers_does_not_block_a_resume(nb):
     saved = json.loads(json.dumps(nb.dataclasses.asdict(nb.make_config("cpu-tiny"))))
-    assert nb.config_differences(saved, nb.make_config("cpu-tiny", report_to=["tensorboard"])) == []
+    assert checkpoints.config_differences(saved, nb.make_config("cpu-tiny", report_to=["tensorboard"])) == []
 
 
 def test_evaluation_reports_become_named_scalars(nb):
