@@ -9,6 +9,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from tinyzero.files import replaced_atomically
+
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
@@ -54,11 +56,10 @@ def save_checkpoint(path: str, step: int, model, optimizer, config: "Config", ra
         rng_states = [None] * world_size
         dist.all_gather_object(rng_states, rng_state())
     if rank == 0:
-        staging = f"{path}.tmp-{os.getpid()}"
-        torch.save({"step": step, "model": model_state, "optimizer": optimizer_state, "rng": rng_states,
-                    "config": json.loads(json.dumps(dataclasses.asdict(config))), "reference": reference_state,
-                    "inputs": run_inputs or {}, "world_size": world_size}, staging)
-        os.replace(staging, path)
+        with replaced_atomically(path) as staging:
+            torch.save({"step": step, "model": model_state, "optimizer": optimizer_state, "rng": rng_states,
+                        "config": json.loads(json.dumps(dataclasses.asdict(config))), "reference": reference_state,
+                        "inputs": run_inputs or {}, "world_size": world_size}, staging)
 
 
 def resume_refusal(state: dict, path: str, config: "Config", run_inputs: dict, world_size: int) -> str | None:
@@ -113,10 +114,8 @@ def read_metrics(path: str) -> list[dict]:
 
 def write_metrics(path: str, records: list[dict]) -> None:
     """Replace the records in `path` (atomically)."""
-    staging = f"{path}.tmp-{os.getpid()}"
-    with open(staging, "w") as f:
+    with replaced_atomically(path) as staging, open(staging, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
-    os.replace(staging, path)
 
 
 def truncate_metrics(path: str, last_step: int) -> None:
