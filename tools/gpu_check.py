@@ -36,6 +36,8 @@ from stage0_tools import load_notebook_module
 # Each run: the Qwen shape, the notebook's overrides on top of its preset, and the steps of each notebook run.
 SMALL_EVAL = dict(test_prompts_per_task=4, eval_prompts_per_task=4, pass_k=2, countdown_eval_levels=["4x99"],
                   multiplication_eval_levels=["3x3"], rollout_engine="torch", dtype="bfloat16")
+FROZENLAKE_RUN = dict(SMALL_EVAL, tasks=["frozenlake"], frozenlake_eval_levels=["4x4"], pass_k=1,
+                      train_prompts_per_task=32, generation_batch_size=256, eval_every=2, checkpoint_every=1)
 RUNS = {
     "0.5b": dict(shape="0.5b", steps=[2, 3], overrides=dict(
         SMALL_EVAL, train_prompts_per_task=32, max_new_tokens=256, num_ref_samples=8, prompts_per_step=64,
@@ -48,12 +50,9 @@ RUNS = {
     # them) through stage 1, two A*PO steps and a resumed third; then one GRPO step (8 prompts x 4 episodes) from a
     # fresh run folder. Evaluation greedy only (pass@1), at the start and the end of each notebook run.
     "frozenlake": dict(shape="0.5b", steps=[2, 3], overrides=dict(
-        SMALL_EVAL, tasks=["frozenlake"], frozenlake_eval_levels=["4x4"], pass_k=1, train_prompts_per_task=32,
-        num_ref_samples=8, prompts_per_step=32, generation_batch_size=256, eval_every=2, checkpoint_every=1)),
+        FROZENLAKE_RUN, num_ref_samples=8, prompts_per_step=32)),
     "frozenlake-grpo": dict(shape="0.5b", steps=[1], overrides=dict(
-        SMALL_EVAL, tasks=["frozenlake"], frozenlake_eval_levels=["4x4"], pass_k=1, algorithm="grpo",
-        train_prompts_per_task=32, prompts_per_step=8, num_generations=4, generation_batch_size=256, eval_every=2,
-        checkpoint_every=1)),
+        FROZENLAKE_RUN, algorithm="grpo", prompts_per_step=8, num_generations=4)),
 }
 # --smoke: the same runs' plumbing on the CPU with a two-layer Qwen-shaped model, in about a minute each.
 SMOKE_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
