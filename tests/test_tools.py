@@ -211,6 +211,41 @@ def test_the_frozenlake_probe_reports_every_level(tiny_cache):
     assert json.loads(again.stdout)["levels"] == report["levels"]
 
 
+def test_a_lookup_drill_is_one_worked_turn_on_the_problems_lake_or_a_fresh_one(nb):
+    trial = load_tool("frozenlake_lookup_trial")
+    config = nb.make_config("cpu-tiny", tasks=["frozenlake"])
+    problems = nb.build_datasets(config)["frozenlake"]["by_level"]["4x4"][:8]
+    for problem in problems:
+        own = trial.drill(problem, config, random.Random(0), nb.format_prompt, None)
+        assert own.startswith(nb.format_prompt(problem, config.prompt_template))
+        assert own.count("<think>") == own.count("</answer>") == 1  # one turn, no observation after it
+        fresh = trial.drill(problem, config, random.Random(1), nb.format_prompt, 0.6)
+        grid = fresh.split("\n")[1:5]
+        assert len(grid) == 4 and all(len(row) == 4 for row in grid) and sum(row.count("P") for row in grid) == 1
+        assert fresh != own
+    drills = [trial.drill(problems[0], config, random.Random(seed), nb.format_prompt, 0.5) for seed in range(60)]
+    grids = [text.split("Assistant")[0] for text in drills if text is not None]  # None: no route from the start
+    assert len(grids) >= 20
+    holes = sum(grid.count("O") for grid in grids)
+    assert 0.3 < holes / (16 * len(grids)) < 0.7  # tiles are holes with about the chance asked
+
+
+def test_a_lookup_trial_builds_outside_the_cache_and_probes_every_level(tmp_path):
+    out = tmp_path / "trial"
+    result = subprocess.run([sys.executable, str(TOOL.parent / "frozenlake_lookup_trial.py"), "--preset", "cpu-tiny",
+                             "--out", str(out), "--drills", "0.5", "--drill-ice", "0.6", "--rope-theta", "100",
+                             "--lakes", "2", "--cache-dir", str(tmp_path / "cache")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert sorted(report["levels"]) == ["4x4", "4x4-slippery", "6x6"] and report["build"]["steps"] == 30
+    assert json.loads((out / "config.json").read_text())["rope_parameters"]["rope_theta"] == 100.0
+    assert not (tmp_path / "cache" / "base_model").exists()  # the trial's model never enters the cache
+    bad = subprocess.run([sys.executable, str(TOOL.parent / "frozenlake_lookup_trial.py"), "--preset", "cpu-tiny",
+                          "--out", str(tmp_path / "x"), "--drills", "1.5"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "--drills 1.5" in bad.stderr
+
+
 def test_the_search_weight_is_chosen_on_training_prompts(tiny_cache):
     result = subprocess.run([sys.executable, str(TOOL.parent / "search_weight.py"), "--preset", "cpu-tiny", "--weights",
                              "0", "4", "--budget", "2", "--fit-prompts", "8", "--prompts", "3", "--cache-dir",

@@ -77,6 +77,30 @@ def probe_lake(nb, model, tokenizer, problem, config) -> list[tuple[str, bool]]:
     return asked
 
 
+def probe_report(nb, model, tokenizer, datasets, config, lakes: int | None, report: dict) -> dict:
+    """`report` with, for each evaluation level, the probe's accuracy by what was asked, the counts, and the
+    probability of a hole over holes and over ice, on the first `lakes` held-out lakes (all when None)."""
+    model.eval()
+    report["levels"] = {}
+    for level in config.frozenlake_eval_levels:
+        problems = datasets["frozenlake"]["by_level"][level][:lakes]
+        right, total = collections.Counter(), collections.Counter()
+        for problem in problems:
+            for asked, correct in probe_lake(nb, model, tokenizer, problem, config):
+                total[asked] += 1
+                right[asked] += correct
+        chances = collections.defaultdict(list)
+        for problem in problems:
+            for truth, chance in hole_probabilities(nb, model, tokenizer, problem, config):
+                chances[truth].append(chance)
+        report["levels"][level] = {"lakes": len(problems),
+                                   "accuracy": {asked: round(right[asked] / total[asked], 3) for asked in sorted(total)},
+                                   "count": dict(sorted(total.items())),
+                                   "hole_probability": {truth: round(sum(c) / len(c), 4) for truth, c in
+                                                        sorted(chances.items())}}
+    return report
+
+
 def main() -> None:
     parser = base_model_arguments(__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="a saved model folder to probe instead of the base model")
@@ -92,25 +116,8 @@ def main() -> None:
         config = nb.make_config(args.preset, **overrides, cache_dir=args.cache_dir)
         datasets = nb.build_datasets(config)
         tokenizer, model = nb.load_tokenizer(path), nb.load_causal_lm(path, config, torch.device("cpu"))
-    model.eval()
-    report = {"model": os.path.relpath(path, ROOT), "overrides": overrides, "levels": {}}
-    for level in config.frozenlake_eval_levels:
-        problems = datasets["frozenlake"]["by_level"][level][:args.lakes]
-        right, total = collections.Counter(), collections.Counter()
-        for problem in problems:
-            for asked, correct in probe_lake(nb, model, tokenizer, problem, config):
-                total[asked] += 1
-                right[asked] += correct
-        chances = collections.defaultdict(list)
-        for problem in problems:
-            for truth, chance in hole_probabilities(nb, model, tokenizer, problem, config):
-                chances[truth].append(chance)
-        report["levels"][level] = {"lakes": len(problems),
-                                   "accuracy": {asked: round(right[asked] / total[asked], 3) for asked in sorted(total)},
-                                   "count": dict(sorted(total.items())),
-                                   "hole_probability": {truth: round(sum(c) / len(c), 4) for truth, c in
-                                                        sorted(chances.items())}}
-    print(json.dumps(report, indent=1))
+    print(json.dumps(probe_report(nb, model, tokenizer, datasets, config, args.lakes,
+                                  {"model": os.path.relpath(path, ROOT), "overrides": overrides}), indent=1))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,97 @@
+"""Trials of what makes the tiny base model learn to read a neighbouring tile off the lake: builds a FrozenLake base
+model from a changed recipe into `--out` (a scratch folder, never the cache: the notebook's own recipe is unchanged),
+then probes it as `frozenlake_probe.py` does. Prints one JSON object: the build's facts and the probe's report.
+
+What a trial may change besides config fields (`--set`):
+- `--drills SHARE`: that share of the corpus's FrozenLake documents is a drill instead of a played episode: a prompt
+  and one worked `neighbours` turn (every neighbour read, then a move along a shortest path). The drill's lake is
+  the document's own problem, or with `--drill-ice P` a fresh random map of the same size whose tiles are ice with
+  chance P (more holes, so more of the lookups are holes), the player on a random ice tile.
+- `--rope-theta T`: the model's rotary base (the default recipe's is transformers' 10,000).
+
+    .venv/bin/python tools/frozenlake_lookup_trial.py --out /tmp/trial --set base_lr=0.001
+    .venv/bin/python tools/frozenlake_lookup_trial.py --out /tmp/trial --drills 0.8 --drill-ice 0.6 --set base_lr=0.001
+"""
+import contextlib
+import json
+import random
+import sys
+
+from gymnasium.envs.toy_text.frozen_lake import generate_random_map
+
+from base_model_modes import config_override
+from frozenlake_probe import probe_report
+from stage0_tools import ROOT, base_model_arguments, load_notebook_module
+
+sys.path.insert(0, str(ROOT))
+from tinyzero.frozenlake import ACTION_NAMES, best_move, neighbours_turn, render  # noqa: E402
+
+
+def drill(problem, config, rng: random.Random, format_prompt, drill_ice: float | None) -> str | None:
+    """A prompt and one worked `neighbours` turn on `problem`'s lake, or with `drill_ice` on a fresh random map of
+    its size; None where the player has no route to the goal."""
+    if drill_ice is None:
+        rows, start = problem.lake.rows, problem.lake.start
+        prompt = format_prompt(problem, config.prompt_template)
+    else:
+        side = len(problem.lake.rows)
+        rows = tuple(row.replace("S", "F") for row in generate_random_map(size=side, p=drill_ice,
+                                                                         seed=rng.randrange(2 ** 31)))
+        start = rng.choice([(r, c) for r in range(side) for c in range(side) if rows[r][c] == "F"])
+        prompt = f"User: reach G\n{render(rows, start)}\nAssistant: <think>"
+    move = best_move(rows, start)
+    if move is None:
+        return None
+    return f"{prompt} {neighbours_turn(rows, start, move)} </think> <answer> {ACTION_NAMES[move]} </answer>"
+
+
+def patched_recipe(nb, drills: float, drill_ice: float | None, rope_theta: float | None) -> None:
+    """Change the notebook module's corpus and model config in place, as the trial asks."""
+    episode, model_config = nb.frozenlake_document, nb.tiny_qwen2_config
+
+    def document(problem, config, rng):
+        if drills and rng.random() < drills:
+            text = drill(problem, config, rng, nb.format_prompt, drill_ice)
+            if text is not None:
+                return text
+        return episode(problem, config, rng)
+
+    def qwen2_config(config, tokenizer):
+        made = model_config(config, tokenizer)
+        if rope_theta is not None:
+            made.rope_parameters = {"rope_theta": rope_theta, "rope_type": "default"}
+        return made
+
+    nb.frozenlake_document, nb.tiny_qwen2_config = document, qwen2_config
+
+
+def main() -> None:
+    parser = base_model_arguments(__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="the folder the trial's base model is written to (must not exist)")
+    parser.add_argument("--drills", type=float, default=0.0, help="share of FrozenLake documents that are drills")
+    parser.add_argument("--drill-ice", type=float, default=None, help="drills on fresh maps with this chance of ice")
+    parser.add_argument("--rope-theta", type=float, default=None, help="the model's rotary base")
+    parser.add_argument("--lakes", type=int, default=None, help="held-out lakes per level to probe (default: all)")
+    parser.add_argument("--set", dest="overrides", type=config_override, action="append", default=[],
+                        metavar="FIELD=VALUE", help="change a config field (repeatable)")
+    args = parser.parse_args()
+    if not 0.0 <= args.drills <= 1.0:
+        parser.error(f"--drills {args.drills}: a share from 0 to 1")
+    if args.drill_ice is not None and not 0.0 < args.drill_ice <= 1.0:
+        parser.error(f"--drill-ice {args.drill_ice}: a chance above 0, at most 1")
+    nb = load_notebook_module()
+    overrides = {"tasks": ["frozenlake"], "seed": args.seed} | dict(args.overrides)
+    config = nb.make_config(args.preset, **overrides, cache_dir=args.cache_dir)
+    datasets = nb.build_datasets(config)
+    patched_recipe(nb, args.drills, args.drill_ice, args.rope_theta)
+    with contextlib.redirect_stdout(sys.stderr):  # the build's messages; the report goes to stdout
+        facts = nb.build_base_model(config, nb.heldout_keys(datasets), args.out)
+    facts.pop("losses")
+    tokenizer, model = nb.load_tokenizer(args.out), nb.load_causal_lm(args.out, config, nb.torch.device("cpu"))
+    trial = {"drills": args.drills, "drill_ice": args.drill_ice, "rope_theta": args.rope_theta}
+    print(json.dumps(probe_report(nb, model, tokenizer, datasets, config, args.lakes,
+                                  {"overrides": overrides, "trial": trial, "build": facts}), indent=1))
+
+
+if __name__ == "__main__":
+    main()
