@@ -27,17 +27,23 @@ sys.path.insert(0, str(ROOT))
 from tinyzero.frozenlake import ACTION_NAMES, best_move, neighbours_turn, render  # noqa: E402
 
 
-def drill(problem, config, rng: random.Random, format_prompt, drill_ice: float | None) -> str | None:
+def drill(problem, config, rng: random.Random, format_prompt, drill_ice: float | None, heldout: set) -> str | None:
     """A prompt and one worked `neighbours` turn on `problem`'s lake, or with `drill_ice` on a fresh random map of
-    its size; None where the player has no route to the goal."""
+    its size with a random start, drawn again while it is a held-out lake (its map and start, as `problem_key`
+    counts them: on 4x4 a random map often is one); None where the player has no route to the goal."""
     if drill_ice is None:
         rows, start = problem.lake.rows, problem.lake.start
         prompt = format_prompt(problem, config.prompt_template)
     else:
         side = len(problem.lake.rows)
-        rows = tuple(row.replace("S", "F") for row in generate_random_map(size=side, p=drill_ice,
-                                                                         seed=rng.randrange(2 ** 31)))
-        start = rng.choice([(r, c) for r in range(side) for c in range(side) if rows[r][c] == "F"])
+        while True:
+            rows = tuple(row.replace("S", "F") for row in generate_random_map(size=side, p=drill_ice,
+                                                                             seed=rng.randrange(2 ** 31)))
+            start = rng.choice([(r, c) for r in range(side) for c in range(side) if rows[r][c] == "F"])
+            with_start = tuple(row[:start[1]] + "S" + row[start[1] + 1:] if r == start[0] else row
+                               for r, row in enumerate(rows))
+            if (problem.task, with_start) not in heldout:
+                break
         prompt = f"User: reach G\n{render(rows, start)}\nAssistant: <think>"
     move = best_move(rows, start)
     if move is None:
@@ -45,13 +51,13 @@ def drill(problem, config, rng: random.Random, format_prompt, drill_ice: float |
     return f"{prompt} {neighbours_turn(rows, start, move)} </think> <answer> {ACTION_NAMES[move]} </answer>"
 
 
-def patched_recipe(nb, drills: float, drill_ice: float | None, rope_theta: float | None) -> None:
+def patched_recipe(nb, drills: float, drill_ice: float | None, rope_theta: float | None, heldout: set) -> None:
     """Change the notebook module's corpus and model config in place, as the trial asks."""
     episode, model_config = nb.frozenlake_document, nb.tiny_qwen2_config
 
     def document(problem, config, rng):
         if drills and rng.random() < drills:
-            text = drill(problem, config, rng, nb.format_prompt, drill_ice)
+            text = drill(problem, config, rng, nb.format_prompt, drill_ice, heldout)
             if text is not None:
                 return text
         return episode(problem, config, rng)
@@ -83,9 +89,10 @@ def main() -> None:
     overrides = {"tasks": ["frozenlake"], "seed": args.seed} | dict(args.overrides)
     config = nb.make_config(args.preset, **overrides, cache_dir=args.cache_dir)
     datasets = nb.build_datasets(config)
-    patched_recipe(nb, args.drills, args.drill_ice, args.rope_theta)
+    heldout = nb.heldout_keys(datasets)
+    patched_recipe(nb, args.drills, args.drill_ice, args.rope_theta, heldout)
     with contextlib.redirect_stdout(sys.stderr):  # the build's messages; the report goes to stdout
-        facts = nb.build_base_model(config, nb.heldout_keys(datasets), args.out)
+        facts = nb.build_base_model(config, heldout, args.out)
     facts.pop("losses")
     tokenizer, model = nb.load_tokenizer(args.out), nb.load_causal_lm(args.out, config, nb.torch.device("cpu"))
     trial = {"drills": args.drills, "drill_ice": args.drill_ice, "rope_theta": args.rope_theta}
