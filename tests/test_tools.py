@@ -216,14 +216,14 @@ def test_a_lookup_drill_is_one_worked_turn_on_the_problems_lake_or_a_fresh_one(n
     config = nb.make_config("cpu-tiny", tasks=["frozenlake"])
     problems = nb.build_datasets(config)["frozenlake"]["by_level"]["4x4"][:8]
     for problem in problems:
-        own = trial.drill(problem, config, random.Random(0), nb.format_prompt, None, set())
+        own = trial.drill(nb, problem, config, random.Random(0), None, set())
         assert own.startswith(nb.format_prompt(problem, config.prompt_template))
         assert own.count("<think>") == own.count("</answer>") == 1  # one turn, no observation after it
-        fresh = trial.drill(problem, config, random.Random(1), nb.format_prompt, 0.6, set())
+        fresh = trial.drill(nb, problem, config, random.Random(1), 0.6, set())
         grid = fresh.split("\n")[1:5]
         assert len(grid) == 4 and all(len(row) == 4 for row in grid) and sum(row.count("P") for row in grid) == 1
         assert fresh != own
-    drills = [trial.drill(problems[0], config, random.Random(seed), nb.format_prompt, 0.5, set()) for seed in range(60)]
+    drills = [trial.drill(nb, problems[0], config, random.Random(seed), 0.5, set()) for seed in range(60)]
     grids = [text.split("Assistant")[0] for text in drills if text is not None]  # None: no route from the start
     assert len(grids) >= 20
     holes = sum(grid.count("O") for grid in grids)
@@ -232,7 +232,7 @@ def test_a_lookup_drill_is_one_worked_turn_on_the_problems_lake_or_a_fresh_one(n
     seed = drills.index(first)
     grid = first.split("\n")[1:5]
     key = ("frozenlake", tuple(row.replace("P", "S").replace("_", "F").replace("O", "H") for row in grid))
-    assert trial.drill(problems[0], config, random.Random(seed), nb.format_prompt, 0.5, {key}) != first  # held out: drawn again
+    assert trial.drill(nb, problems[0], config, random.Random(seed), 0.5, {key}) != first  # held out: drawn again
 
 
 def test_a_lookup_trial_builds_outside_the_cache_and_probes_every_level(tmp_path):

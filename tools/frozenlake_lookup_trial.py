@@ -13,6 +13,7 @@ What a trial may change besides config fields (`--set`):
     .venv/bin/python tools/frozenlake_lookup_trial.py --out /tmp/trial --drills 0.8 --drill-ice 0.6 --set base_lr=0.001
 """
 import contextlib
+import dataclasses
 import json
 import random
 import sys
@@ -24,31 +25,29 @@ from frozenlake_probe import probe_report
 from stage0_tools import ROOT, base_model_arguments, load_notebook_module
 
 sys.path.insert(0, str(ROOT))
-from tinyzero.frozenlake import ACTION_NAMES, best_move, neighbours_turn, render  # noqa: E402
+from tinyzero.frozenlake import ACTION_NAMES, best_move, neighbours_turn  # noqa: E402
 
 
-def drill(problem, config, rng: random.Random, format_prompt, drill_ice: float | None, heldout: set) -> str | None:
+def drill(nb, problem, config, rng: random.Random, drill_ice: float | None, heldout: set) -> str | None:
     """A prompt and one worked `neighbours` turn on `problem`'s lake, or with `drill_ice` on a fresh random map of
-    its size with a random start, drawn again while it is a held-out lake (its map and start, as `problem_key`
-    counts them: on 4x4 a random map often is one); None where the player has no route to the goal."""
-    if drill_ice is None:
-        rows, start = problem.lake.rows, problem.lake.start
-        prompt = format_prompt(problem, config.prompt_template)
-    else:
+    its size with a random start, drawn again while it is a held-out lake (`problem_key`: on 4x4 a random map often
+    is one); None where the player has no route to the goal."""
+    if drill_ice is not None:
         side = len(problem.lake.rows)
         while True:
-            rows = tuple(row.replace("S", "F") for row in generate_random_map(size=side, p=drill_ice,
-                                                                             seed=rng.randrange(2 ** 31)))
-            start = rng.choice([(r, c) for r in range(side) for c in range(side) if rows[r][c] == "F"])
-            with_start = tuple(row[:start[1]] + "S" + row[start[1] + 1:] if r == start[0] else row
-                               for r, row in enumerate(rows))
-            if (problem.task, with_start) not in heldout:
+            rows = [row.replace("S", "F") for row in generate_random_map(size=side, p=drill_ice,
+                                                                         seed=rng.randrange(2 ** 31))]
+            r, c = rng.choice([(r, c) for r in range(side) for c in range(side) if rows[r][c] == "F"])
+            rows[r] = rows[r][:c] + "S" + rows[r][c + 1:]
+            problem = dataclasses.replace(problem, lake=dataclasses.replace(problem.lake, rows=tuple(rows)))
+            if nb.problem_key(problem) not in heldout:
                 break
-        prompt = f"User: reach G\n{render(rows, start)}\nAssistant: <think>"
-    move = best_move(rows, start)
+    lake = problem.lake
+    move = best_move(lake.rows, lake.start)
     if move is None:
         return None
-    return f"{prompt} {neighbours_turn(rows, start, move)} </think> <answer> {ACTION_NAMES[move]} </answer>"
+    return (f"{nb.format_prompt(problem, config.prompt_template)} {neighbours_turn(lake.rows, lake.start, move)} "
+            f"</think> <answer> {ACTION_NAMES[move]} </answer>")
 
 
 def patched_recipe(nb, drills: float, drill_ice: float | None, rope_theta: float | None, heldout: set) -> None:
@@ -57,7 +56,7 @@ def patched_recipe(nb, drills: float, drill_ice: float | None, rope_theta: float
 
     def document(problem, config, rng):
         if drills and rng.random() < drills:
-            text = drill(problem, config, rng, nb.format_prompt, drill_ice, heldout)
+            text = drill(nb, problem, config, rng, drill_ice, heldout)
             if text is not None:
                 return text
         return episode(problem, config, rng)
