@@ -235,6 +235,25 @@ def test_a_lookup_drill_is_one_worked_turn_on_the_problems_lake_or_a_fresh_one(n
     assert trial.drill(nb, problems[0], config, random.Random(seed), 0.5, {key}) != first  # held out: drawn again
 
 
+def test_lookup_drills_take_an_episodes_place_or_follow_it(nb, monkeypatch):
+    trial = load_tool("frozenlake_lookup_trial")
+    config = nb.make_config("cpu-tiny", tasks=["frozenlake"])
+    problem = nb.build_datasets(config)["frozenlake"]["by_level"]["4x4"][0]
+    played = nb.frozenlake_document
+    drill = trial.drill(nb, problem, config, random.Random(0), None, set())  # on its own lake: draws nothing
+    rng = random.Random(0)
+    rng.random()  # the draw that chose a drill
+    episode = played(problem, config, rng)
+    for beside in (False, True):
+        for name in ("frozenlake_document", "tiny_qwen2_config"):  # put back after the test
+            monkeypatch.setattr(nb, name, getattr(nb, name))
+        trial.patched_recipe(nb, 1.0, None, None, set(), beside=beside)
+        text = nb.frozenlake_document(problem, config, random.Random(0))
+        assert text == (episode + nb.EOS_TOKEN + drill if beside else drill)  # EOS between, as between documents
+        monkeypatch.setattr(nb, "frozenlake_document", played)
+    assert episode.count("</answer>") > 1 and drill.count("</answer>") == 1
+
+
 def test_a_lookup_trial_builds_outside_the_cache_and_probes_every_level(tmp_path):
     out = tmp_path / "trial"
     result = subprocess.run([sys.executable, str(TOOL.parent / "frozenlake_lookup_trial.py"), "--preset", "cpu-tiny",

@@ -6,11 +6,14 @@ What a trial may change besides config fields (`--set`):
 - `--drills SHARE`: that share of the corpus's FrozenLake documents is a drill instead of a played episode: a prompt
   and one worked `neighbours` turn (every neighbour read, then a move along a shortest path). The drill's lake is
   the document's own problem, or with `--drill-ice P` a fresh random map of the same size whose tiles are ice with
-  chance P (more holes, so more of the lookups are holes), the player on a random ice tile.
+  chance P (more holes, so more of the lookups are holes), the player on a random ice tile. With `--drills-beside`
+  the drill comes after the episode instead of in its place: every document is an episode, then (EOS between) a
+  drill; the corpus keeps its size in tokens, so it holds fewer, longer documents.
 - `--rope-theta T`: the model's rotary base (the default recipe's is transformers' 10,000).
 
     .venv/bin/python tools/frozenlake_lookup_trial.py --out /tmp/trial --set base_lr=0.001
     .venv/bin/python tools/frozenlake_lookup_trial.py --out /tmp/trial --drills 0.8 --drill-ice 0.6 --set base_lr=0.001
+    .venv/bin/python tools/frozenlake_lookup_trial.py --out /tmp/trial --drills 1 --drill-ice 0.5 --drills-beside
 """
 import contextlib
 import dataclasses
@@ -50,15 +53,17 @@ def drill(nb, problem, config, rng: random.Random, drill_ice: float | None, held
             f"</think> <answer> {ACTION_NAMES[move]} </answer>")
 
 
-def patched_recipe(nb, drills: float, drill_ice: float | None, rope_theta: float | None, heldout: set) -> None:
-    """Change the notebook module's corpus and model config in place, as the trial asks."""
+def patched_recipe(nb, drills: float, drill_ice: float | None, rope_theta: float | None, heldout: set,
+                   beside: bool = False) -> None:
+    """Change the notebook module's corpus and model config in place, as the trial asks: with `beside`, a drill
+    follows its episode (EOS between them, as between documents) instead of taking its place."""
     episode, model_config = nb.frozenlake_document, nb.tiny_qwen2_config
 
     def document(problem, config, rng):
         if drills and rng.random() < drills:
             text = drill(nb, problem, config, rng, drill_ice, heldout)
             if text is not None:
-                return text
+                return episode(problem, config, rng) + nb.EOS_TOKEN + text if beside else text
         return episode(problem, config, rng)
 
     def qwen2_config(config, tokenizer):
@@ -75,6 +80,8 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="the folder the trial's base model is written to (must not exist)")
     parser.add_argument("--drills", type=float, default=0.0, help="share of FrozenLake documents that are drills")
     parser.add_argument("--drill-ice", type=float, default=None, help="drills on fresh maps with this chance of ice")
+    parser.add_argument("--drills-beside", action="store_true",
+                        help="each drill follows its episode instead of replacing it")
     parser.add_argument("--rope-theta", type=float, default=None, help="the model's rotary base")
     parser.add_argument("--lakes", type=int, default=None, help="held-out lakes per level to probe (default: all)")
     parser.add_argument("--set", dest="overrides", type=config_override, action="append", default=[],
@@ -89,12 +96,13 @@ def main() -> None:
     config = nb.make_config(args.preset, **overrides, cache_dir=args.cache_dir)
     datasets = nb.build_datasets(config)
     heldout = nb.heldout_keys(datasets)
-    patched_recipe(nb, args.drills, args.drill_ice, args.rope_theta, heldout)
+    patched_recipe(nb, args.drills, args.drill_ice, args.rope_theta, heldout, args.drills_beside)
     with contextlib.redirect_stdout(sys.stderr):  # the build's messages; the report goes to stdout
         facts = nb.build_base_model(config, heldout, args.out)
     facts.pop("losses")
     tokenizer, model = nb.load_tokenizer(args.out), nb.load_causal_lm(args.out, config, nb.torch.device("cpu"))
-    trial = {"drills": args.drills, "drill_ice": args.drill_ice, "rope_theta": args.rope_theta}
+    trial = {"drills": args.drills, "drill_ice": args.drill_ice, "drills_beside": args.drills_beside,
+             "rope_theta": args.rope_theta}
     print(json.dumps(probe_report(nb, model, tokenizer, datasets, config, args.lakes,
                                   {"overrides": overrides, "trial": trial, "build": facts}), indent=1))
 
