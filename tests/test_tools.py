@@ -270,6 +270,20 @@ def test_a_lookup_trial_builds_outside_the_cache_and_probes_every_level(tmp_path
     assert bad.returncode != 0 and "--drills 1.5" in bad.stderr
 
 
+def test_the_pretraining_benchmark_times_the_notebooks_step_against_other_kernels():
+    result = subprocess.run([sys.executable, str(TOOL.parent / "bench_pretraining.py"), "--preset", "cpu-tiny",
+                             "--steps", "1", "--rounds", "2", "--variants", "eager,sdpa"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["block_shape"] == [2, 512] and report["build_steps"] == 30  # FrozenLake's blocks of 512
+    assert report["notebook_variant"] == "sdpa" and report["speed_over_notebook"]["sdpa"] == 1.0
+    assert all(len(values) == 2 and min(values) > 0 for values in report["ms_per_step"].values())
+    bad = subprocess.run([sys.executable, str(TOOL.parent / "bench_pretraining.py"), "--variants", "sdpa,flash"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "unknown flash" in bad.stderr
+
+
 def test_the_search_weight_is_chosen_on_training_prompts(tiny_cache):
     result = subprocess.run([sys.executable, str(TOOL.parent / "search_weight.py"), "--preset", "cpu-tiny", "--weights",
                              "0", "4", "--budget", "2", "--fit-prompts", "8", "--prompts", "3", "--cache-dir",
