@@ -1,10 +1,10 @@
 """The speed of a stage 0 pretraining step, measured in one run: the notebook's own `pretrain` on blocks of the preset's
 shape (`stage0_block_shape`; with FrozenLake in the corpus 4 blocks of 512 on the `cpu` preset), the model made as
 stage 0 makes it, with each attention kernel transformers offers here and with the model under `torch.compile`. The
-variants take turns for a few rounds (the median counts). Random tokens: the
-step's cost does not depend on what the blocks say. Prints one JSON object, with each variant's speed as a ratio to
-the notebook's own (`Config.attn_implementation`, not compiled) and what the preset's build would take at it. Each
-round makes a fresh model and warms it up (`torch.compile` compiles there, timed apart).
+variants take turns for a few rounds (the median counts); each round makes a fresh model and warms it up
+(`torch.compile` compiles there, timed apart). Random tokens: the step's cost does not depend on what the blocks say.
+Prints one JSON object, with each variant's speed as a ratio to the notebook's own (`Config.attn_implementation`, not
+compiled) and what the preset's build would take at it.
 
     .venv/bin/python tools/bench_pretraining.py                                   # the FrozenLake default
     .venv/bin/python tools/bench_pretraining.py --tasks countdown,multiplication --variants eager,sdpa
@@ -36,9 +36,9 @@ def timed_pretraining(nb, config, attention: str, compiled: bool, steps: int, bl
     seconds = []
     for count in (WARMUP_STEPS, steps):
         started = time.perf_counter()
-        nb.pretrain(runner, blocks, dataclasses.replace(config, base_pretrain_steps=count), generator)
-        seconds.append(time.perf_counter() - started)
-    return seconds[0], seconds[1] / steps
+        taken = len(nb.pretrain(runner, blocks, dataclasses.replace(config, base_pretrain_steps=count), generator))
+        seconds.append((time.perf_counter() - started) / (taken if count == steps else 1))
+    return seconds[0], seconds[1]  # (stage0_steps scales the count up when FrozenLake trains beside other tasks)
 
 
 def main() -> None:
