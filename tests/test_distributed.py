@@ -1,5 +1,6 @@
 """One process or many (tinyzero/distributed.py): the device chosen, the prompts-per-rank check, and the sum and
 gather over ranks, in one process and across two gloo ranks started as torchrun starts them."""
+import json
 import os
 import socket
 import sys
@@ -51,8 +52,8 @@ def two_ranks(rank: int, port: int, out: str) -> None:
     total = global_sum([float(rank + 1), 10.0], CPU, world_size)
     share = list(range(rank, 5, world_size))  # rank 0 computes items 0, 2, 4; rank 1 items 1, 3
     merged = gather_by_index(share, [f"item {i} by rank {rank}" for i in share], 5, world_size)
-    with open(os.path.join(out, f"rank{rank}.txt"), "w") as f:
-        f.write(repr((got_rank, world_size, total, merged)))
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump([got_rank, world_size, total, merged], f)
     torch.distributed.destroy_process_group()
 
 
@@ -63,4 +64,4 @@ def test_two_ranks_sum_their_values_and_gather_every_item_in_order(tmp_path):
     mp.spawn(two_ranks, args=(port, str(tmp_path)), nprocs=2)
     merged = [f"item {i} by rank {i % 2}" for i in range(5)]
     for rank in range(2):
-        assert eval((tmp_path / f"rank{rank}.txt").read_text()) == (rank, 2, [3.0, 20.0], merged)
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == [rank, 2, [3.0, 20.0], merged]

@@ -244,13 +244,12 @@ def test_lookup_drills_take_an_episodes_place_or_follow_it(nb, monkeypatch):
     rng = random.Random(0)
     rng.random()  # the draw that chose a drill
     episode = played(problem, config, rng)
+    monkeypatch.setattr(nb, "tiny_qwen2_config", nb.tiny_qwen2_config)  # put back after the test
     for beside in (False, True):
-        for name in ("frozenlake_document", "tiny_qwen2_config"):  # put back after the test
-            monkeypatch.setattr(nb, name, getattr(nb, name))
+        monkeypatch.setattr(nb, "frozenlake_document", played)  # each trial patches the notebook's own
         trial.patched_recipe(nb, 1.0, None, None, set(), beside=beside)
         text = nb.frozenlake_document(problem, config, random.Random(0))
         assert text == (episode + nb.EOS_TOKEN + drill if beside else drill)  # EOS between, as between documents
-        monkeypatch.setattr(nb, "frozenlake_document", played)
     assert episode.count("</answer>") > 1 and drill.count("</answer>") == 1
 
 

@@ -102,6 +102,5 @@ def phase_peak_memory_mb(device: torch.device) -> float:
     """`peak_memory_mb` of the phase that just ended. On GPU the peak counter is then reset, so each phase
     reports its own peak; on CPU the process's peak resident memory cannot be reset and only grows."""
     peak = peak_memory_mb(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     return round(peak, 1)

@@ -33,12 +33,17 @@ def timed_pretraining(nb, config, attention: str, compiled: bool, steps: int, bl
     if compiled:
         runner = torch.compile(runner)
     generator = torch.Generator().manual_seed(seed)
-    seconds = []
-    for count in (WARMUP_STEPS, steps):
+
+    def run(count: int) -> tuple[float, int]:
+        """Seconds of `pretrain` asked for `count` steps, and the steps it took (`stage0_steps` scales the count up
+        when FrozenLake trains beside other tasks)."""
         started = time.perf_counter()
         taken = len(nb.pretrain(runner, blocks, dataclasses.replace(config, base_pretrain_steps=count), generator))
-        seconds.append((time.perf_counter() - started) / (taken if count == steps else 1))
-    return seconds[0], seconds[1]  # (stage0_steps scales the count up when FrozenLake trains beside other tasks)
+        return time.perf_counter() - started, taken
+
+    warmup_seconds, _ = run(WARMUP_STEPS)
+    seconds, taken = run(steps)
+    return warmup_seconds, seconds / taken
 
 
 def main() -> None:
