@@ -81,6 +81,50 @@ def test_refill_sorting_and_dropped_columns_keep_every_response_exact(nb, monkey
     assert stats.prefills > 3 and stats.busy_slot_steps == sum(map(len, expected)) - len(expected)
 
 
+def poison_unwritten_columns(monkeypatch):
+    """Fill every KV-cache column from the cache's `length` on with NaN as the sampler makes its cache: a column read
+    before the sampler writes it (even masked, at zero attention weight) then turns its row's logits into NaN."""
+    made = torch_sampler.SlotLayer.__init__
+
+    def poisoned(layer, cache, *args, **kwargs):
+        made(layer, cache, *args, **kwargs)
+        layer.key_buffer[:, :, cache.length:] = math.nan
+        layer.value_buffer[:, :, cache.length:] = math.nan
+    monkeypatch.setattr(torch_sampler.SlotLayer, "__init__", poisoned)
+
+
+def test_no_column_is_read_before_it_is_written(nb, monkeypatch):
+    """The cache's columns past `length` start empty: refills, sorting, dropped columns, slots shrinking to the live
+    ones, and episodes going on in their slots never read one before writing it (NaN there would show), and the
+    kept slots' columns that shrinking does not move hold only finite values."""
+    model, tokenizer, eos_id = sharp_float64_model(nb, seed=2)
+    prompts = [f"User: {i * 7 % 23} {'and more ' * (i % 4)}then" for i in range(20)]
+    expected = greedy_by_generate(nb, model, tokenizer, prompts, eos_id, 30)
+    poison_unwritten_columns(monkeypatch)
+    monkeypatch.setattr(torch_sampler, "SORT_EVERY", 3)
+    monkeypatch.setattr(torch_sampler, "DROP_COLUMNS_AT", 2)
+    monkeypatch.setattr(torch_sampler, "DROP_SHARE", 0.0)
+    for slots in (6, 20):  # 20: every prompt at once, then the tail shrinks to its live slots
+        got, _ = sampled(nb, model, tokenizer, prompts, eos_id, 30, slots=slots)
+        assert got == expected, f"slots={slots}"
+    observation = tokenizer(" then ", add_special_tokens=False)["input_ids"]
+    starts = tokenizer([f"User: {i * 5 % 17} go" for i in range(6)], add_special_tokens=False)["input_ids"]
+    contexts = list(starts)
+
+    def follow_up(row, response):  # three turns, each going on in its slot over the cached context
+        if row >= 2 * len(starts):
+            return None
+        contexts.append(contexts[row] + response + observation)
+        return contexts[-1]
+    responses, stats = nb.sample_with_model(model, starts, 1, True, 1.0, 12, {eos_id}, tokenizer.pad_token_id, 6,
+                                            follow_up=follow_up, max_prompt_tokens=200)
+    assert stats.continued == 2 * len(starts)
+    ids, mask = torch_sampler.left_padded(contexts, tokenizer.pad_token_id, "cpu")
+    output = model.generate(input_ids=ids, attention_mask=mask, generation_config=GenerationConfig(
+        do_sample=False, max_new_tokens=12, eos_token_id=[eos_id], pad_token_id=tokenizer.pad_token_id))
+    assert responses == [nb.trim_at_eos(row, {eos_id}) for row in output[:, ids.shape[1]:].tolist()]
+
+
 def test_refill_takes_fewer_steps_than_batch_by_batch(nb):
     model, tokenizer, eos_id = sharp_float64_model(nb, seed=2)
     prompts = [f"User: {i * 7 % 23} {'and more ' * (i % 4)}then" for i in range(16)]

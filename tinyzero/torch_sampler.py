@@ -38,9 +38,13 @@ class SlotLayer(CacheLayerMixin):
     def __init__(self, cache: "SlotCache", shape: tuple, dtype: torch.dtype, device):
         super().__init__()
         self.cache = cache
-        # zeros, not empty: masked columns are still multiplied by their (zero) attention weight
-        self.key_buffer = torch.zeros(shape[:2] + shape[:1:-1], dtype=dtype, device=device).transpose(-1, -2)
-        self.value_buffer = torch.zeros(shape, dtype=dtype, device=device)
+        # Columns from the cache's `length` on are written before anything reads them, so they start empty (and
+        # untouched memory costs nothing); the columns before it are zeros, not empty: masked columns are still
+        # multiplied by their (zero) attention weight, which must not meet a NaN.
+        self.key_buffer = torch.empty(shape[:2] + shape[:1:-1], dtype=dtype, device=device).transpose(-1, -2)
+        self.value_buffer = torch.empty(shape, dtype=dtype, device=device)
+        self.key_buffer[:, :, :cache.length] = 0
+        self.value_buffer[:, :, :cache.length] = 0
         self.is_initialized = True
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -64,11 +68,11 @@ class SlotLayer(CacheLayerMixin):
 
 
 class SlotCache(Cache):
-    """A KV cache of fixed slots and columns. `length` columns are in use, shared by all slots; the model's
-    forward writes the next ones, and the caller moves `length` on after each forward."""
+    """A KV cache of fixed slots and columns. `length` columns are in use, shared by all slots (zeros at first); the
+    model's forward writes the next ones, and the caller moves `length` on after each forward."""
 
-    def __init__(self, model_config, slots: int, capacity: int, dtype: torch.dtype, device):
-        self.capacity, self.length = capacity, 0
+    def __init__(self, model_config, slots: int, capacity: int, dtype: torch.dtype, device, length: int = 0):
+        self.capacity, self.length = capacity, length
         heads = model_config.num_attention_heads
         head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // heads
         shape = (slots, getattr(model_config, "num_key_value_heads", None) or heads, capacity, head_dim)
@@ -82,11 +86,17 @@ class SlotCache(Cache):
             layer.key_buffer[slots, :, self.length - width:self.length] = source.keys[rows]
             layer.value_buffer[slots, :, self.length - width:self.length] = source.values[rows]
 
-    def keep(self, slots: torch.Tensor) -> None:
-        """Keep only `slots` (in that order)."""
+    def keep(self, slots: torch.Tensor, first_column: int = 0) -> None:
+        """Keep only `slots` (ascending), moved to the front of the buffers in place. Only columns from
+        `first_column` to `length` are still read, so only those move; what the other columns of the kept slots
+        hold is finite (an earlier slot's keys and values, or zeros) and is either masked or written before it
+        is read."""
+        count = len(slots)
         for layer in self.layers:
-            layer.key_buffer = layer.key_buffer.transpose(-1, -2)[slots].transpose(-1, -2)  # still stored transposed
-            layer.value_buffer = layer.value_buffer[slots]
+            for name in ("key_buffer", "value_buffer"):
+                buffer = getattr(layer, name)
+                buffer[:count, :, first_column:self.length] = buffer[slots, :, first_column:self.length]
+                setattr(layer, name, buffer[:count])  # a view: no new memory
 
     def reorder(self, order: torch.Tensor, first_column: int) -> None:
         """Put slot order[i] in slot i (only columns from `first_column` on are still read)."""
@@ -281,13 +291,15 @@ def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: in
     slots = max(1, min(slots, len(rows)))
     eos = torch.tensor(sorted(eos_ids), device=device)
     longest_prompt = max(max_prompt_tokens, max(len(prompt_ids[prompt]) for prompt in rows))
-    cache = SlotCache(model.config, slots, 2 * (longest_prompt + max_new_tokens) + 2, model.dtype, device)
-    cache.length = longest_prompt  # every prompt that joins ends at the current column, so it always fits
+    # every prompt that joins ends at the current column (`length`), so it always fits
+    cache = SlotCache(model.config, slots, 2 * (longest_prompt + max_new_tokens) + 2, model.dtype, device,
+                      length=longest_prompt)
     # groups of slots save a CPU reading key and value columns; a GPU has the bandwidth, and each group costs launches
     groups = SLOT_GROUPS if device.type == "cpu" else 1
     step = (FusedDecodingStep(model, longest_prompt + max_new_tokens + 1)
             if fused and FusedDecodingStep.supports(model) else None)
     mask = torch.zeros((slots, cache.capacity), dtype=torch.bool, device=device)
+    attend, shut = (torch.tensor(value, dtype=model.dtype, device=device) for value in (0.0, -torch.inf))
     slot_row = torch.full((slots,), -1, dtype=torch.long, device=device)  # the response a slot holds; -1: free
     positions = torch.zeros(slots, dtype=torch.long, device=device)  # of each slot's next token
     starts = torch.zeros(slots, dtype=torch.long, device=device)  # column of each slot's first prompt token
@@ -401,7 +413,7 @@ def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: in
             break
         if not waiting and live <= len(slot_row) // 2:  # the tail: shrink to the live slots
             keep = active.nonzero().squeeze(-1)
-            cache.keep(keep)
+            cache.keep(keep, int(starts[keep].min()))
             for i, tensor in enumerate(per_slot):
                 per_slot[i] = tensor[keep]
             mask, slot_row, positions, starts, counts, generated, last_tokens = per_slot
@@ -424,8 +436,7 @@ def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: in
             active = active[order]
         bounds = [len(slot_row) * group // groups for group in range(groups + 1)]
         windows = [(a, b, first_column(a, b)) for a, b in zip(bounds, bounds[1:]) if a < b]
-        bias = torch.zeros(mask.shape[0], cache.length + 1, dtype=model.dtype, device=device)
-        bias.masked_fill_(~mask[:, :cache.length + 1], -torch.inf)  # added to the scores: 0 where a slot attends
+        bias = torch.where(mask[:, :cache.length + 1], attend, shut)  # added to the scores: 0 where a slot attends
         if step is not None:
             logits = step(last_tokens, positions, bias, windows, cache)
         else:
