@@ -86,7 +86,7 @@ class SlotCache(Cache):
             layer.key_buffer[slots, :, self.length - width:self.length] = source.keys[rows]
             layer.value_buffer[slots, :, self.length - width:self.length] = source.values[rows]
 
-    def keep(self, slots: torch.Tensor, first_column: int = 0) -> None:
+    def keep(self, slots: torch.Tensor, first_column: int) -> None:
         """Keep only `slots` (ascending), moved to the front of the buffers in place. Only columns from
         `first_column` to `length` are still read, so only those move; what the other columns of the kept slots
         hold is finite (an earlier slot's keys and values, or zeros) and is either masked or written before it
@@ -413,7 +413,7 @@ def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: in
             break
         if not waiting and live <= len(slot_row) // 2:  # the tail: shrink to the live slots
             keep = active.nonzero().squeeze(-1)
-            cache.keep(keep, int(starts[keep].min()))
+            cache.keep(keep, first_column(0, len(slot_row)))
             for i, tensor in enumerate(per_slot):
                 per_slot[i] = tensor[keep]
             mask, slot_row, positions, starts, counts, generated, last_tokens = per_slot
