@@ -301,3 +301,27 @@ def test_sharded_parameters_decode_with_the_model_forward_and_gathered_ones_with
     with nb.gathered_for_generation(policy):
         assert torch_sampler.FusedDecodingStep.supports(policy)
         assert greedy(policy) == sharded
+
+
+def test_sampling_runs_in_inference_mode_unless_parameters_are_sharded_and_the_policy_trains_after(nb):
+    """Sampling keeps no autograd records (inference mode) except where FSDP gathers sharded parameters inside the
+    forward; a policy that sampled inside `gathered_for_generation` still trains (no inference tensor is left in it)."""
+    from test_gpu_path import wrapped_policy
+    policy, tokenizer = wrapped_policy(nb)
+    prompt_ids = tokenizer(PROMPTS, add_special_tokens=False)["input_ids"]
+    modes = []
+    policy.model.embed_tokens.register_forward_hook(lambda *_: modes.append(torch.is_inference_mode_enabled()))
+
+    def sample_modes(model):
+        modes.clear()
+        nb.sample_with_model(model, prompt_ids, 2, False, 1.0, 6, {tokenizer.eos_token_id}, tokenizer.pad_token_id, 3)
+        return set(modes)
+    assert sample_modes(policy) == {False}
+    with nb.gathered_for_generation(policy):
+        assert sample_modes(policy) == {True}
+    assert not torch.is_inference_mode_enabled()
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
+    policy(**batch).logits.float().pow(2).mean().backward()
+    gradients = [p.grad for p in policy.parameters()]
+    assert all(g is not None and torch.isfinite(g.full_tensor()).all() for g in gradients)
+    assert any(g.full_tensor().abs().sum() > 0 for g in gradients)

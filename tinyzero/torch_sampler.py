@@ -19,6 +19,7 @@ Sampling draws each token by inverse CDF (one uniform per row against the cumula
 is exact temperature sampling with a single random number per row.
 """
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -120,14 +121,28 @@ def windowed_attention(module, query, key, value, attention_mask, scaling: float
     `slot_windows` holds (first slot, end slot, first column) per group. Grouped-query heads share their keys
     and values without copies. Returns [slots, 1, heads, head dim], as transformers' attention functions do."""
     slots, heads, _, head_dim = query.shape
+    windows = [(a, b, column, attention_mask[a:b, None, None, column:]) for a, b, column in slot_windows]
+    return windowed_attention_of_step(query.reshape(slots, heads, head_dim).contiguous(), key, value, windows,
+                                      scaling).reshape(slots, 1, heads, head_dim), None
+
+
+def windowed_attention_of_step(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, windows: list,
+                               scaling: float) -> torch.Tensor:
+    """`windowed_attention` for queries [slots, heads, head dim] (contiguous) and `windows` of (first slot, end slot,
+    first column, the group's additive mask [slots, 1, 1, columns]); returns [slots, heads, head dim]. Each group's
+    products are batched matrix products over (slot, kv head) pairs: what `torch.matmul` reduces the 4-d product
+    to, without its reshaping around them."""
+    slots, heads, head_dim = query.shape
     kv_heads = key.shape[1]
+    group_size = heads // kv_heads
     outputs = []
-    for a, b, column in slot_windows:
-        scores = torch.matmul(query[a:b].reshape(b - a, kv_heads, heads // kv_heads, head_dim),
-                              key[a:b, :, column:].transpose(-1, -2)).mul_(scaling)
-        scores.add_(attention_mask[a:b, None, None, column:])  # [slots, columns]: 0 where a slot attends, else -inf
-        outputs.append(torch.matmul(scores.softmax(-1), value[a:b, :, column:]))
-    return torch.cat(outputs).reshape(slots, 1, heads, head_dim), None
+    for a, b, column, group_mask in windows:
+        pairs = (b - a) * kv_heads
+        scores = torch.bmm(query[a:b].view(pairs, group_size, head_dim),
+                           key[a:b, :, column:].transpose(-1, -2).reshape(pairs, head_dim, -1)).mul_(scaling)
+        scores.view(b - a, kv_heads, group_size, -1).add_(group_mask)  # 0 where a slot attends, else -inf
+        outputs.append(torch.bmm(scores.softmax(-1), value[a:b, :, column:].reshape(pairs, -1, head_dim)))
+    return torch.cat(outputs).view(slots, heads, head_dim)
 
 
 class FusedDecodingStep:
@@ -184,6 +199,8 @@ class FusedDecodingStep:
         column = cache.length
         positions = positions.clamp(max=len(self.cos) - 1)  # a free slot's position runs on; its output is unused
         cos, signed_sin = self.cos[positions][:, None], self.signed_sin[positions][:, None]
+        # each group's mask is the same in every layer
+        windows = [(a, b, first, bias[a:b, None, None, first:]) for a, b, first in windows]
         hidden = torch.nn.functional.embedding(tokens, self.embed)
         for weights, layer in zip(self.layers, cache.layers):
             normed = torch.nn.functional.rms_norm(hidden, (hidden.shape[-1],), weights["input_norm"], self.eps)
@@ -192,10 +209,9 @@ class FusedDecodingStep:
             rotated = torch.addcmul(rotated * cos, rotated[..., self.swap], signed_sin)
             layer.key_buffer[:, :, column] = rotated[:, heads:]
             layer.value_buffer[:, :, column] = qkv[:, (heads + kv_heads) * head_dim:].view(slots, kv_heads, head_dim)
-            attended, _ = windowed_attention(None, rotated[:, :heads, None], layer.key_buffer[:, :, :column + 1],
-                                             layer.value_buffer[:, :, :column + 1], bias, self.scaling,
-                                             slot_windows=windows)
-            hidden = hidden + torch.nn.functional.linear(attended.reshape(slots, -1), weights["out"],
+            attended = windowed_attention_of_step(rotated[:, :heads].contiguous(), layer.key_buffer[:, :, :column + 1],
+                                                  layer.value_buffer[:, :, :column + 1], windows, self.scaling)
+            hidden = hidden + torch.nn.functional.linear(attended.view(slots, -1), weights["out"],
                                                          weights["out_bias"])
             normed = torch.nn.functional.rms_norm(hidden, (hidden.shape[-1],), weights["post_norm"], self.eps)
             gate, up = torch.nn.functional.linear(normed, weights["gate_up"]).chunk(2, dim=-1)
@@ -254,7 +270,20 @@ def left_padded(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.
     return ids.to(device), mask.to(device)
 
 
-@torch.no_grad()
+def without_autograd(sample):
+    """Run `sample(model, ...)` in inference mode: no autograd bookkeeping at all (version counters, views' tracking),
+    which on a small model is a good part of every tensor operation's cost, and the same numbers. Where the model's
+    parameters are sharded (FSDP gathers them inside the forward, into tensors that training must use later),
+    gradients are only turned off."""
+    @functools.wraps(sample)
+    def run(model, *args, **kwargs):
+        sharded = any(isinstance(parameter, DTensor) for parameter in model.parameters())
+        with torch.no_grad(), torch.inference_mode(not sharded):
+            return sample(model, *args, **kwargs)
+    return run
+
+
+@without_autograd
 def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: int, greedy: bool,
                       temperature: float, max_new_tokens: int, eos_ids: set, pad_id: int, slots: int,
                       refill: bool = True, banned_first_tokens: tuple = (), show_progress: bool = False,
@@ -325,7 +354,10 @@ def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: in
     def finish_ended(candidates: torch.Tensor) -> None:
         ended = (candidates & (torch.isin(last_tokens, eos) | (counts >= max_new_tokens))).nonzero().squeeze(-1)
         going_on = []  # (slot, response, the tokens to add to the slot's context)
-        for slot, row, count in zip(ended.tolist(), slot_row[ended].tolist(), counts[ended].tolist()):
+        ended_slots = ended.tolist()
+        if not ended_slots:
+            return
+        for slot, row, count in zip(ended_slots, slot_row[ended].tolist(), counts[ended].tolist()):
             responses[row] = generated[slot, :count].tolist()
             following = follow_up(row, responses[row]) if follow_up is not None else None
             if following is not None:
@@ -396,17 +428,22 @@ def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: in
 
     def first_column(first: int, end: int) -> int:
         """The first column any live response in slots [first, end) reads."""
-        group = active[first:end]
-        return int(starts[first:end][group].min()) if group.any() else cache.length
+        return first_columns([first, end])[0]
+
+    def first_columns(bounds: list) -> list:
+        """`first_column` of each group of slots [bounds[i], bounds[i + 1]), read from the slots in one go."""
+        read_from = torch.where(active, starts, cache.length).tolist()  # a free slot reads nothing
+        return [min(read_from[a:b]) for a, b in zip(bounds, bounds[1:])]
 
     while True:
-        free = (slot_row < 0).nonzero().squeeze(-1)
         waiting = len(queue) - next_row
-        # prefill in batches: once an eighth of the slots is free, or (without follow-ups) all that still wait fit
-        batch = (len(slot_row) // 8 or 1) if follow_up is not None else min(len(slot_row) // 8 or 1, waiting)
-        if waiting and (len(free) == len(slot_row) or (refill and len(free) >= batch)):
-            fill(free)
-            continue
+        if waiting:
+            free = (slot_row < 0).nonzero().squeeze(-1)
+            # prefill in batches: once an eighth of the slots is free, or (without follow-ups) all that still wait fit
+            batch = (len(slot_row) // 8 or 1) if follow_up is not None else min(len(slot_row) // 8 or 1, waiting)
+            if len(free) == len(slot_row) or (refill and len(free) >= batch):
+                fill(free)
+                continue
         active = slot_row >= 0
         live = int(active.sum())
         if live == 0:
@@ -434,8 +471,8 @@ def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: in
                 per_slot[i] = tensor[order]
             mask, slot_row, positions, starts, counts, generated, last_tokens = per_slot
             active = active[order]
-        bounds = [len(slot_row) * group // groups for group in range(groups + 1)]
-        windows = [(a, b, first_column(a, b)) for a, b in zip(bounds, bounds[1:]) if a < b]
+        bounds = sorted({len(slot_row) * group // groups for group in range(groups + 1)})  # no empty group
+        windows = list(zip(bounds, bounds[1:], first_columns(bounds)))
         bias = torch.where(mask[:, :cache.length + 1], attend, shut)  # added to the scores: 0 where a slot attends
         if step is not None:
             logits = step(last_tokens, positions, bias, windows, cache)
