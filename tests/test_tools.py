@@ -86,6 +86,7 @@ def test_generation_benchmark_reports_every_sampler_and_the_limits(tiny_cache):
         assert report["speedup_over"][name] == pytest.approx(report[name]["seconds"] / report["refill"]["seconds"],
                                                              rel=0.05)
     assert 0 < report["limits"]["share_of_best_matmul_throughput"] and report["limits"]["flops_per_token"] > 0
+    assert report["attention_share"]["attention_calls"] >= report["refill"]["decode_steps"]  # every layer's, timed
     stage1 = report["stage1"]  # stage 1 whole: N samples for every prompt then and now, and the preset's way
     for name in ("previous_79e8044_full", "now_full"):
         assert stage1[name]["samples"] == report["responses"]

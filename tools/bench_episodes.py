@@ -43,7 +43,7 @@ def main() -> None:
     nb, config, datasets, path, tokenizer, model = load_base_model(args.preset, args.cache_dir, seed=args.seed,
                                                                    tasks=["frozenlake"])
     model.eval()
-    revisions = {"now": nb, f"previous_{args.previous}": previous_notebook(args.previous, own_sampler=True)}
+    revisions = {"now": nb, f"previous_{args.previous}": previous_notebook(args.previous)}
     lakes = datasets["frozenlake"]["test"][:args.lakes]
     work = {"greedy": (lakes, True, 1),
             "reference": (datasets["frozenlake"]["train"][:args.lakes // 2], False, config.num_ref_samples),

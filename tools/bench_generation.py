@@ -58,13 +58,17 @@ def file_at(revision: str, path: str, folder: pathlib.Path) -> pathlib.Path:
     return written
 
 
-def previous_notebook(revision: str, own_sampler: bool = False):
-    """The notebook's definitions at an earlier git revision, beside this revision's `tinyzero` package; with
-    `own_sampler`, sampling with that revision's `tinyzero/torch_sampler.py` (the notebook's names for it rebound)."""
+def previous_notebook(revision: str, own_sampler: bool = True):
+    """The notebook's definitions at an earlier git revision, beside this revision's `tinyzero` package, sampling
+    with that revision's own `tinyzero/torch_sampler.py` (the notebook's names for it rebound) where it has one (a
+    revision from before the package sampled with the notebook's own code); without `own_sampler`, with this
+    revision's sampler."""
     folder = pathlib.Path(tempfile.mkdtemp())
     (folder / "tinyzero").symlink_to(ROOT / "tinyzero")
     module = load_notebook_module(file_at(revision, "TinyZero_AstarPO.ipynb", folder))
-    if own_sampler:
+    has_sampler = subprocess.run(["git", "cat-file", "-e", f"{revision}:tinyzero/torch_sampler.py"], cwd=ROOT,
+                                 capture_output=True).returncode == 0
+    if own_sampler and has_sampler:
         path = file_at(revision, "tinyzero/torch_sampler.py", folder)
         spec = importlib.util.spec_from_file_location(f"torch_sampler_{revision}", path)
         sampler = importlib.util.module_from_spec(spec)
@@ -132,23 +136,26 @@ def limits(model, prompt_tokens: float, response_tokens: float, tokens_per_secon
 
 
 def attention_share(run, prompts: list[str], prompt_ids: list[list[int]], seed: int) -> dict:
-    """The sampler once more (already warmed up and timed), with its attention (`windowed_attention`) timed too:
-    seconds in attention, in all, and the share."""
+    """The sampler once more (already warmed up and timed), with its attention (`windowed_attention_of_step`, which
+    the fused step and the model's forward both decode with) timed too: seconds in attention, in all, and the
+    share."""
     from tinyzero import torch_sampler
-    spent = [0.0]
-    attend = torch_sampler.windowed_attention
+    spent, calls = [0.0], [0]
+    attend = torch_sampler.windowed_attention_of_step
 
     def timed_attention(*args, **kwargs):
         started = time.perf_counter()
         result = attend(*args, **kwargs)
         spent[0] += time.perf_counter() - started
+        calls[0] += 1
         return result
-    torch_sampler.windowed_attention = timed_attention
+    torch_sampler.windowed_attention_of_step = timed_attention
     try:
         seconds, _ = timed(run, prompts, prompt_ids, seed, warm_up=False)
     finally:
-        torch_sampler.windowed_attention = attend
-    return {"seconds": round(seconds, 2), "attention_seconds": round(spent[0], 2), "share": round(spent[0] / seconds, 3)}
+        torch_sampler.windowed_attention_of_step = attend
+    return {"seconds": round(seconds, 2), "attention_seconds": round(spent[0], 2), "share": round(spent[0] / seconds, 3),
+            "attention_calls": calls[0]}
 
 
 def interleaved_rounds(runs: dict, figures, seed: int, rounds: int) -> dict:
