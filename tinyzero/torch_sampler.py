@@ -15,6 +15,8 @@ What makes it fast on a small model, where a decoding step costs mostly its fixe
   prefixes.
 - A fused decoding step for Qwen2-family models (`FusedDecodingStep`): the same computation as the
   model's forward in a fraction of its tensor operations.
+- No autograd records: sampling runs in inference mode (`without_autograd`), which takes a good part of
+  each small operation's cost away and changes no number.
 Sampling draws each token by inverse CDF (one uniform per row against the cumulative softmax), which
 is exact temperature sampling with a single random number per row.
 """
