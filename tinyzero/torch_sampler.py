@@ -191,7 +191,7 @@ class FusedDecodingStep:
         config = model.config
         return (config.model_type == "qwen2" and config.hidden_act == "silu"
                 and all(kind == "full_attention" for kind in getattr(config, "layer_types", None) or ["full_attention"])
-                and not any(isinstance(p, DTensor) for p in model.parameters()))
+                and not has_sharded_parameters(model))
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor, windows: list,
                  cache: SlotCache) -> torch.Tensor:
@@ -272,6 +272,11 @@ def left_padded(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.
     return ids.to(device), mask.to(device)
 
 
+def has_sharded_parameters(model) -> bool:
+    """Whether any of `model`'s parameters is an FSDP shard (a DTensor), as outside `gathered_for_generation`."""
+    return any(isinstance(parameter, DTensor) for parameter in model.parameters())
+
+
 def without_autograd(sample):
     """Run `sample(model, ...)` in inference mode: no autograd bookkeeping at all (version counters, views' tracking),
     which on a small model is a good part of every tensor operation's cost, and the same numbers. Where the model's
@@ -279,8 +284,7 @@ def without_autograd(sample):
     gradients are only turned off."""
     @functools.wraps(sample)
     def run(model, *args, **kwargs):
-        sharded = any(isinstance(parameter, DTensor) for parameter in model.parameters())
-        with torch.no_grad(), torch.inference_mode(not sharded):
+        with torch.no_grad(), torch.inference_mode(not has_sharded_parameters(model)):
             return sample(model, *args, **kwargs)
     return run
 

@@ -58,17 +58,16 @@ def file_at(revision: str, path: str, folder: pathlib.Path) -> pathlib.Path:
     return written
 
 
-def previous_notebook(revision: str, own_sampler: bool = True):
+def previous_notebook(revision: str):
     """The notebook's definitions at an earlier git revision, beside this revision's `tinyzero` package, sampling
     with that revision's own `tinyzero/torch_sampler.py` (the notebook's names for it rebound) where it has one (a
-    revision from before the package sampled with the notebook's own code); without `own_sampler`, with this
-    revision's sampler."""
+    revision from before the package sampled with the notebook's own code)."""
     folder = pathlib.Path(tempfile.mkdtemp())
     (folder / "tinyzero").symlink_to(ROOT / "tinyzero")
     module = load_notebook_module(file_at(revision, "TinyZero_AstarPO.ipynb", folder))
     has_sampler = subprocess.run(["git", "cat-file", "-e", f"{revision}:tinyzero/torch_sampler.py"], cwd=ROOT,
                                  capture_output=True).returncode == 0
-    if own_sampler and has_sampler:
+    if has_sampler:
         path = file_at(revision, "tinyzero/torch_sampler.py", folder)
         spec = importlib.util.spec_from_file_location(f"torch_sampler_{revision}", path)
         sampler = importlib.util.module_from_spec(spec)
