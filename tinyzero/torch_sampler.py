@@ -123,9 +123,15 @@ def windowed_attention(module, query, key, value, attention_mask, scaling: float
     `slot_windows` holds (first slot, end slot, first column) per group. Grouped-query heads share their keys
     and values without copies. Returns [slots, 1, heads, head dim], as transformers' attention functions do."""
     slots, heads, _, head_dim = query.shape
-    windows = [(a, b, column, attention_mask[a:b, None, None, column:]) for a, b, column in slot_windows]
-    return windowed_attention_of_step(query.reshape(slots, heads, head_dim).contiguous(), key, value, windows,
+    return windowed_attention_of_step(query.reshape(slots, heads, head_dim).contiguous(), key, value,
+                                      with_group_masks(slot_windows, attention_mask),
                                       scaling).reshape(slots, 1, heads, head_dim), None
+
+
+def with_group_masks(slot_windows: list, bias: torch.Tensor) -> list:
+    """Each group (first slot, end slot, first column) of `slot_windows` with its additive mask [slots, 1, 1, columns]
+    sliced from `bias` [slots, columns]."""
+    return [(a, b, column, bias[a:b, None, None, column:]) for a, b, column in slot_windows]
 
 
 def windowed_attention_of_step(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, windows: list,
@@ -201,8 +207,7 @@ class FusedDecodingStep:
         column = cache.length
         positions = positions.clamp(max=len(self.cos) - 1)  # a free slot's position runs on; its output is unused
         cos, signed_sin = self.cos[positions][:, None], self.signed_sin[positions][:, None]
-        # each group's mask is the same in every layer
-        windows = [(a, b, first, bias[a:b, None, None, first:]) for a, b, first in windows]
+        windows = with_group_masks(windows, bias)  # each group's mask is the same in every layer
         hidden = torch.nn.functional.embedding(tokens, self.embed)
         for weights, layer in zip(self.layers, cache.layers):
             normed = torch.nn.functional.rms_norm(hidden, (hidden.shape[-1],), weights["input_norm"], self.eps)
