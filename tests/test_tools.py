@@ -254,15 +254,36 @@ def test_lookup_drills_take_an_episodes_place_or_follow_it(nb, monkeypatch):
     assert episode.count("</answer>") > 1 and drill.count("</answer>") == 1
 
 
+def test_a_lookup_weight_weighs_only_the_tiles_a_worked_turn_reads(nb):
+    trial = load_tool("frozenlake_lookup_trial")
+    tokenizer = nb.build_char_tokenizer()
+    text = ("User: ____\n_P__\n_O__\n_O_G\nAssistant: <think> at 1,1 goal 3,3 Down O Right _ Up G Left edge so Right "
+            "</think> <answer> Right, Down </answer>")
+    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+    config = nb.make_config("cpu-tiny", tasks=["frozenlake"])
+    torch.manual_seed(0)
+    model = nb.Qwen2ForCausalLM(nb.tiny_qwen2_config(config, tokenizer))
+    weighted = trial.LookupWeighted(model, tokenizer, 10.0)
+    marked = weighted.lookups(ids)[0]
+    assert [tokenizer.decode([token]) for token in ids[0][marked].tolist()] == ["O", "_", "G", "e"]
+    assert torch.allclose(trial.LookupWeighted(model, tokenizer, 1.0)(input_ids=ids, labels=ids).loss,
+                          model(input_ids=ids, labels=ids).loss)  # weight 1: the notebook's own loss
+    logits = model(input_ids=ids).logits[0, :-1]
+    losses = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")
+    weights = torch.where(marked[1:], 10.0, 1.0)
+    assert torch.allclose(weighted(input_ids=ids, labels=ids).loss, (losses * weights).sum() / weights.sum())
+
+
 def test_a_lookup_trial_builds_outside_the_cache_and_probes_every_level(tmp_path):
     out = tmp_path / "trial"
     result = subprocess.run([sys.executable, str(TOOL.parent / "frozenlake_lookup_trial.py"), "--preset", "cpu-tiny",
                              "--out", str(out), "--drills", "0.5", "--drill-ice", "0.6", "--rope-theta", "100",
-                             "--lakes", "2", "--cache-dir", str(tmp_path / "cache")],
+                             "--lookup-weight", "3", "--lakes", "2", "--cache-dir", str(tmp_path / "cache")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert sorted(report["levels"]) == ["4x4", "4x4-slippery", "6x6"] and report["build"]["steps"] == 30
+    assert report["trial"]["lookup_weight"] == 3.0
     assert json.loads((out / "config.json").read_text())["rope_parameters"]["rope_theta"] == 100.0
     assert not (tmp_path / "cache" / "base_model").exists()  # the trial's model never enters the cache
     bad = subprocess.run([sys.executable, str(TOOL.parent / "frozenlake_lookup_trial.py"), "--preset", "cpu-tiny",

@@ -10,17 +10,23 @@ What a trial may change besides config fields (`--set`):
   the drill comes after the episode instead of in its place: every document is an episode, then (EOS between) a
   drill; the corpus keeps its size in tokens, so it holds fewer, longer documents.
 - `--rope-theta T`: the model's rotary base (the default recipe's is transformers' 10,000).
+- `--lookup-weight K`: pretraining's loss weighs the tokens a worked turn reads off the lake (the tile after `Down `,
+  `Right `, `Up ` or `Left ` in a `neighbours` turn) K times as much as any other token (a weighted mean over the
+  block's tokens): the same corpus, its lookups louder.
 
     .venv/bin/python tools/frozenlake_lookup_trial.py --out /tmp/trial --set base_lr=0.001
     .venv/bin/python tools/frozenlake_lookup_trial.py --out /tmp/trial --drills 0.8 --drill-ice 0.6 --set base_lr=0.001
     .venv/bin/python tools/frozenlake_lookup_trial.py --out /tmp/trial --drills 1 --drill-ice 0.5 --drills-beside
+    .venv/bin/python tools/frozenlake_lookup_trial.py --out /tmp/trial --lookup-weight 10
 """
 import contextlib
 import dataclasses
 import json
 import random
 import sys
+import types
 
+import torch
 from gymnasium.envs.toy_text.frozen_lake import generate_random_map
 
 from base_model_modes import config_override
@@ -53,8 +59,39 @@ def drill(nb, problem, config, rng: random.Random, drill_ice: float | None, held
             f"</think> <answer> {ACTION_NAMES[move]} </answer>")
 
 
+class LookupWeighted(torch.nn.Module):
+    """A causal LM whose loss (for `labels` equal to `input_ids`, as pretraining passes them) weighs each token that a
+    worked `neighbours` turn reads off the lake `weight` times as much as the others: a tile (`_`, `O`, `G`, or the
+    `e` of `edge`) right after a move's name and a space."""
+
+    def __init__(self, model, tokenizer, weight: float):
+        super().__init__()
+        self.model, self.weight = model, weight
+        encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+        self.reads = [torch.tensor(encode(f" {name} ")) for name in ACTION_NAMES]
+        self.tiles = torch.tensor([encode(tile)[0] for tile in ("_", "O", "G", "e")])
+
+    def lookups(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Where `input_ids` [blocks, tokens] holds a tile read off the lake after a move's name."""
+        found = torch.zeros_like(input_ids, dtype=torch.bool)
+        for read in self.reads:
+            width = len(read)
+            windows = input_ids.unfold(1, width, 1)  # [blocks, tokens - width + 1, width]
+            after = (windows == read).all(-1)[:, :-1]  # the read ends just before position width, width + 1, ...
+            found[:, width:] |= after
+        return found & torch.isin(input_ids, self.tiles)
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor):
+        logits = self.model(input_ids=input_ids).logits[:, :-1]
+        targets = labels[:, 1:]
+        losses = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                                                   reduction="none")
+        weights = 1.0 + (self.weight - 1.0) * self.lookups(labels)[:, 1:].reshape(-1).float()
+        return types.SimpleNamespace(loss=(losses * weights).sum() / weights.sum())
+
+
 def patched_recipe(nb, drills: float, drill_ice: float | None, rope_theta: float | None, heldout: set,
-                   beside: bool = False) -> None:
+                   beside: bool = False, lookup_weight: float = 1.0) -> None:
     """Change the notebook module's corpus and model config in place, as the trial asks: with `beside`, a drill
     follows its episode (EOS between them, as between documents) instead of taking its place."""
     episode, model_config = nb.frozenlake_document, nb.tiny_qwen2_config
@@ -73,6 +110,13 @@ def patched_recipe(nb, drills: float, drill_ice: float | None, rope_theta: float
         return made
 
     nb.frozenlake_document, nb.tiny_qwen2_config = document, qwen2_config
+    if lookup_weight != 1.0:
+        pretrain = nb.pretrain
+
+        def weighted_pretrain(model, blocks, config, generator):
+            return pretrain(LookupWeighted(model, nb.build_char_tokenizer(), lookup_weight), blocks, config, generator)
+
+        nb.pretrain = weighted_pretrain
 
 
 def main() -> None:
@@ -83,6 +127,8 @@ def main() -> None:
     parser.add_argument("--drills-beside", action="store_true",
                         help="each drill follows its episode instead of replacing it")
     parser.add_argument("--rope-theta", type=float, default=None, help="the model's rotary base")
+    parser.add_argument("--lookup-weight", type=float, default=1.0,
+                        help="pretraining's loss weight on the tiles a worked turn reads off the lake")
     parser.add_argument("--lakes", type=int, default=None, help="held-out lakes per level to probe (default: all)")
     parser.add_argument("--set", dest="overrides", type=config_override, action="append", default=[],
                         metavar="FIELD=VALUE", help="change a config field (repeatable)")
@@ -96,13 +142,15 @@ def main() -> None:
     config = nb.make_config(args.preset, **overrides, cache_dir=args.cache_dir)
     datasets = nb.build_datasets(config)
     heldout = nb.heldout_keys(datasets)
-    patched_recipe(nb, args.drills, args.drill_ice, args.rope_theta, heldout, args.drills_beside)
+    if args.lookup_weight <= 0:
+        parser.error(f"--lookup-weight {args.lookup_weight}: a weight above 0")
+    patched_recipe(nb, args.drills, args.drill_ice, args.rope_theta, heldout, args.drills_beside, args.lookup_weight)
     with contextlib.redirect_stdout(sys.stderr):  # the build's messages; the report goes to stdout
         facts = nb.build_base_model(config, heldout, args.out)
     facts.pop("losses")
     tokenizer, model = nb.load_tokenizer(args.out), nb.load_causal_lm(args.out, config, nb.torch.device("cpu"))
     trial = {"drills": args.drills, "drill_ice": args.drill_ice, "drills_beside": args.drills_beside,
-             "rope_theta": args.rope_theta}
+             "rope_theta": args.rope_theta, "lookup_weight": args.lookup_weight}
     print(json.dumps(probe_report(nb, model, tokenizer, datasets, config, args.lakes,
                                   {"overrides": overrides, "trial": trial, "build": facts}), indent=1))
 
