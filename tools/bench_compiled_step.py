@@ -8,13 +8,13 @@ Prints one JSON object.
 """
 import argparse
 import json
+import sys
 import time
 
 import torch
 
 from stage0_tools import ROOT, load_notebook_module
 
-import sys
 sys.path.insert(0, str(ROOT))
 from tinyzero.torch_sampler import SLOT_GROUPS, FusedDecodingStep, SlotCache  # noqa: E402
 
@@ -38,6 +38,7 @@ def step_inputs(model_config, slots: int, columns: int, generator: torch.Generat
 
 
 def seconds_per_call(step, cache, inputs, calls: int) -> float:
+    """Mean seconds of `calls` calls of `step` on the same inputs."""
     started = time.perf_counter()
     for _ in range(calls):
         step(*inputs, cache)
