@@ -34,7 +34,7 @@ from frozenlake_probe import probe_report
 from stage0_tools import ROOT, base_model_arguments, load_notebook_module
 
 sys.path.insert(0, str(ROOT))
-from tinyzero.frozenlake import ACTION_NAMES, best_move, neighbours_turn  # noqa: E402
+from tinyzero.frozenlake import ACTION_NAMES, EDGE, TILES, best_move, neighbours_turn  # noqa: E402
 
 
 def drill(nb, problem, config, rng: random.Random, drill_ice: float | None, heldout: set) -> str | None:
@@ -69,7 +69,7 @@ class LookupWeighted(torch.nn.Module):
         self.model, self.weight = model, weight
         encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
         self.reads = [torch.tensor(encode(f" {name} ")) for name in ACTION_NAMES]
-        self.tiles = torch.tensor([encode(tile)[0] for tile in ("_", "O", "G", "e")])
+        self.tiles = torch.tensor(sorted({encode(seen)[0] for seen in (*TILES.values(), EDGE)}))  # edge: its `e`
 
     def lookups(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Where `input_ids` [blocks, tokens] holds a tile read off the lake after a move's name."""
