@@ -63,6 +63,16 @@ def test_greedy_decoding_matches_transformers_generate(nb, early_eos):
         assert min(lengths) <= 6 and max(lengths) > min(lengths)  # one row ended early while others went on
 
 
+def test_slot_groups_cover_every_slot_once_and_none_is_empty():
+    for slots in range(0, 40):
+        for groups in range(1, 9):
+            bounds = torch_sampler.slot_group_bounds(slots, groups)
+            sizes = [b - a for a, b in zip(bounds, bounds[1:])]
+            assert bounds[0] == 0 and bounds[-1] == slots and sum(sizes) == slots, (slots, groups)
+            assert all(size > 0 for size in sizes) and len(sizes) == min(slots, groups), (slots, groups)
+            assert not sizes or max(sizes) - min(sizes) <= 1, (slots, groups)  # near-equal
+
+
 @pytest.mark.parametrize("groups", [3, 1])
 def test_refill_sorting_and_dropped_columns_keep_every_response_exact(nb, monkeypatch, groups):
     """Many prompts through few slots, sorted by age every few steps, groups of slots with their own attention

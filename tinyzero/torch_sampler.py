@@ -244,6 +244,12 @@ SLOT_GROUPS = 4  # on a CPU, attention runs per group of slots, each over the co
 SORT_EVERY = 32  # decoding steps between two sorts of the slots by age (which keeps each group's window short)
 
 
+def slot_group_bounds(slots: int, groups: int) -> list[int]:
+    """Where `slots` slots split into at most `groups` groups of near-equal size, none empty: the first slot of each
+    group, then `slots` (`[0, 2, 4]` for 4 slots in 2 groups; `[0, 1, 2]` for 2 slots in 4)."""
+    return sorted({slots * group // groups for group in range(groups + 1)})
+
+
 @dataclass
 class SamplerStats:
     """What a call to `sample` did: forward passes, and slot-steps spent on live responses and in all."""
@@ -482,7 +488,7 @@ def sample_with_model(model, prompt_ids: list[list[int]], samples_per_prompt: in
                 per_slot[i] = tensor[order]
             mask, slot_row, positions, starts, counts, generated, last_tokens = per_slot
             active = active[order]
-        bounds = sorted({len(slot_row) * group // groups for group in range(groups + 1)})  # no empty group
+        bounds = slot_group_bounds(len(slot_row), groups)
         windows = list(zip(bounds, bounds[1:], first_columns(bounds)))
         bias = torch.where(mask[:, :cache.length + 1], attend, shut)  # added to the scores: 0 where a slot attends
         if step is not None:

@@ -16,7 +16,7 @@ import torch
 from stage0_tools import ROOT, load_notebook_module
 
 sys.path.insert(0, str(ROOT))
-from tinyzero.torch_sampler import SLOT_GROUPS, FusedDecodingStep, SlotCache  # noqa: E402
+from tinyzero.torch_sampler import SLOT_GROUPS, FusedDecodingStep, SlotCache, slot_group_bounds  # noqa: E402
 
 CAPACITY = 600  # columns of the cache, as stage 1 of the cpu preset sizes it
 SHAPES = [(64, 60), (16, 150), (8, 200), (256, 100)]  # (live slots, columns read): a stage 2 batch's start and tail, stage 1
@@ -31,8 +31,7 @@ def step_inputs(model_config, slots: int, columns: int, generator: torch.Generat
     tokens = torch.randint(0, model_config.vocab_size, (slots,), generator=generator)
     positions = torch.full((slots,), columns)
     bias = torch.zeros(slots, columns + 1)
-    groups = min(SLOT_GROUPS, slots)
-    bounds = sorted({slots * group // groups for group in range(groups + 1)})
+    bounds = slot_group_bounds(slots, SLOT_GROUPS)
     windows = [(a, b, 0) for a, b in zip(bounds, bounds[1:])]
     return cache, (tokens, positions, bias, windows)
 
