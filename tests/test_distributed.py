@@ -10,8 +10,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tinyzero.distributed import (check_world_size, gather_by_index, global_sum, init_distributed, peak_memory_mb,
-                                  peak_reserved_memory_mb, phase_peak_memory_mb, pick_device, print_on_rank_zero_only)
+from tinyzero.distributed import (check_world_size, gather_by_index, global_sum, init_distributed, machine_description,
+                                  peak_memory_mb, peak_reserved_memory_mb, phase_peak_memory_mb, pick_device,
+                                  print_on_rank_zero_only)
 
 CPU = torch.device("cpu")
 
@@ -22,6 +23,14 @@ def test_the_device_is_the_one_asked_for_and_cuda_without_a_gpu_is_refused():
         assert pick_device(SimpleNamespace(device="auto")) == CPU
         with pytest.raises(ValueError, match="Config.device='cuda'"):
             pick_device(SimpleNamespace(device="cuda"))
+
+
+def test_the_machine_is_described_by_its_processor_and_the_instruction_set_torch_runs_on(monkeypatch):
+    machine = machine_description(CPU)
+    assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and machine["gpu"] is None
+    assert machine["cpu"] and machine["cpu_threads"] == torch.get_num_threads()
+    monkeypatch.setattr("builtins.open", lambda *args, **kwargs: (_ for _ in ()).throw(OSError("no /proc")))
+    assert machine_description(CPU)["cpu"], "a name even where /proc/cpuinfo cannot be read"
 
 
 def test_prompts_per_step_must_split_evenly_over_the_ranks():

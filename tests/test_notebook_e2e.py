@@ -4,6 +4,7 @@ import math
 
 import nbformat
 import pytest
+import torch
 
 from notebook_runs import kill_after_steps, papermill_command, run_checked
 
@@ -54,6 +55,8 @@ def test_summary_plots_and_model_are_well_formed(finished_run):
                                              "reference_refresh"}
     assert summary["reference_refreshes"] == [3, 6] and summary["stage_seconds"]["reference_refresh"] > 0
     assert sorted(p.name for p in run_dir.glob("reference-step*")) == ["reference-step6"], "older ones pruned"
+    assert summary["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # what its floats ran on
+    assert summary["machine"]["cpu"] and summary["machine"]["gpu"] is None
     peaks = summary["stage_peak_memory_mb"]
     assert list(peaks) == ["stage0_build", "base_eval", "stage1_vstar", "stage2_train", "final_eval"]
     assert all(peak > 0 for peak in peaks.values()) and summary["peak_memory_mb"] == max(peaks.values())

@@ -1,8 +1,9 @@
 """One process or many: the device, the `torch.distributed` group (of size 1 in a notebook, one rank of many under
 torchrun), the few collectives the run needs (a sum, and a list reassembled from every rank's share), printing on
-rank 0 only, and peak memory per phase."""
+rank 0 only, peak memory per phase, and the machine a run ran on."""
 import datetime
 import os
+import platform
 import resource
 import sys
 
@@ -104,3 +105,22 @@ def phase_peak_memory_mb(device: torch.device) -> float:
     peak = peak_memory_mb(device)
     reset_peak_memory(device)
     return round(peak, 1)
+
+
+def cpu_model_name() -> str:
+    """The processor's model name (Linux's /proc/cpuinfo), or what `platform` knows elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def machine_description(device: torch.device) -> dict:
+    """What a run's floats depend on beyond its code and seed: the processor, the instruction set torch's CPU
+    kernels dispatch to ("AVX512", "AVX2", ...: the same run on two of them sums in other orders and drifts apart),
+    the CPU threads, and the GPU when the run used one."""
+    return {"cpu": cpu_model_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
