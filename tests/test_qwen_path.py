@@ -30,7 +30,7 @@ def test_qwen_preset_runs_end_to_end_on_a_local_qwen_shaped_model(tmp_path):
     save_tiny_qwen(model_dir)
     overrides = {"model_name": str(model_dir), "cache_dir": str(tmp_path / "cache"), "train_prompts_per_task": 8,
                  "test_prompts_per_task": 4, "eval_prompts_per_task": 4, "max_new_tokens": 24, "num_ref_samples": 2,
-                 "prompts_per_step": 4, "micro_batch_size": 2, "pass_k": 2, "checkpoint_every": 1, "eval_every": 1,
+                 "prompts_per_step": 2, "micro_batch_size": 1, "pass_k": 2, "checkpoint_every": 1, "eval_every": 1,
                  "generation_batch_size": 16, "max_turns": 2, "max_turn_tokens": 16}
     executed = tmp_path / "executed.ipynb"
     run_checked([sys.executable, "-m", "papermill", str(NOTEBOOK_PATH), str(executed), "-p", "preset", "qwen2.5-0.5b",
