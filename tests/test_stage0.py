@@ -126,7 +126,8 @@ def test_base_model_saves_and_loads_through_from_pretrained(nb, tmp_path):
     mtime = (tmp_path / "base_model" / path.split("/")[-1] / "model.safetensors").stat().st_mtime
     assert nb.ensure_base_model(config, heldout) == path  # cached: not rebuilt
     assert (tmp_path / "base_model" / path.split("/")[-1] / "model.safetensors").stat().st_mtime == mtime
-    facts = json.loads((tmp_path / "base_model" / path.split("/")[-1] / "stage0.json").read_text())
+    with open(f"{path}/stage0.json") as f:
+        facts = json.load(f)
     assert facts["machine"] == nb.machine_description(torch.device("cpu"))  # the processor its floats came from
     tokenizer = nb.load_tokenizer(path)
     model = nb.load_causal_lm(path, config, torch.device("cpu"))
