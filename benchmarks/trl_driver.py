@@ -13,7 +13,8 @@ Output: trainer, preset, seed, overrides, num_generations (GRPO only), settings 
 (UNMATCHED), stage1_seconds (A2PO's V* estimation; None for GRPO), steps [{step, seconds, response_tokens, reward,
 phases {generation, scoring, reference (A2PO), rest: log-prob passes with gradient, backward, optimizer}}],
 evals [{step, train_seconds, accuracy {eval set: greedy accuracy}}], train_call_seconds (trainer.train() less the
-evaluations), eval_seconds, peak_memory_mb, total_seconds (from loading the notebook module to the end).
+evaluations), eval_seconds, peak_memory_mb, vllm_imported (whether vLLM was loaded: it should not be), total_seconds
+(from loading the notebook module to the end).
 
 Timing. transformers 5.23's Trainer runs each optimizer step as: fetch the step's prompts from the dataloader
 (`get_batch_samples`), `on_step_begin`, `training_step` (whose `_prepare_inputs` is where TRL generates, scores and
@@ -35,8 +36,13 @@ import datasets
 import torch
 import transformers
 from transformers import PrinterCallback, TrainerCallback
-from trl import GRPOConfig, GRPOTrainer
-from trl.experimental.a2po import A2POConfig, A2POTrainer
+import trl.import_utils as trl_import_utils
+
+# TRL imports vLLM wherever it is installed (it is here, for the notebook's rollout_engine="vllm"), though these runs
+# generate with transformers: an unused import that would add about 150 MB to TRL's peak memory and seconds to its start.
+trl_import_utils.is_vllm_available = lambda *args, **kwargs: False
+from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+from trl.experimental.a2po import A2POConfig, A2POTrainer  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -233,7 +239,8 @@ def run(trainer_name: str, preset: str, seed: int, cache_dir: str, overrides: di
             "settings": trl_settings(config, trainer_name, num_generations), "unmatched": UNMATCHED,
             "stage1_seconds": measurements.stage1_seconds, "steps": measurements.steps, "evals": measurements.evals,
             "train_call_seconds": train_call_seconds, "eval_seconds": measurements.eval_seconds,
-            "peak_memory_mb": nb.peak_memory_mb(torch.device("cpu")), "total_seconds": time.perf_counter() - started}
+            "peak_memory_mb": nb.peak_memory_mb(torch.device("cpu")), "vllm_imported": "vllm" in sys.modules,
+            "total_seconds": time.perf_counter() - started}
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:

@@ -14,9 +14,10 @@ def nb():
 
 # The files whose tests take longest, slowest first (measured with --durations). Each file runs on one worker
 # (pytest.ini), and the workers take files in collection order: these first, so the two end close together.
-SLOWEST_FILES = ("test_qwen_path.py", "test_benchmarks.py", "test_tools.py", "test_readme.py", "test_vllm_notebook.py",
-                 "test_notebook_e2e.py", "test_frozenlake_notebook.py", "test_trackers.py", "test_torchrun.py",
-                 "test_vllm_engine.py", "test_modal_app.py", "test_trl_driver.py")
+SLOWEST_FILES = ("test_tools.py", "test_readme.py", "test_benchmarks.py", "test_vllm_notebook.py", "test_qwen_path.py",
+                 "test_frozenlake_notebook.py", "test_notebook_e2e.py", "test_vllm_engine.py", "test_trackers.py",
+                 "test_modal_app.py", "test_torchrun.py", "test_heldout.py", "test_trl_driver.py",
+                 "test_vllm_torchrun.py")  # by their time in one run of the suite (pytest -n 2 -v --durations=0)
 assert all((pathlib.Path(__file__).parent / name).exists() for name in SLOWEST_FILES), "a renamed test file"
 
 

@@ -17,8 +17,8 @@ from test_notebook_e2e import run_checked
 
 def save_tiny_qwen(path):
     tokenizer = qwen25_tokenizer()
-    config = Qwen2Config(vocab_size=151_936, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+    config = Qwen2Config(vocab_size=151_936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
                          tie_word_embeddings=True, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
     Qwen2ForCausalLM(config).save_pretrained(path)
@@ -28,8 +28,8 @@ def save_tiny_qwen(path):
 def test_qwen_preset_runs_end_to_end_on_a_local_qwen_shaped_model(tmp_path):
     model_dir = tmp_path / "tiny-qwen2.5"
     save_tiny_qwen(model_dir)
-    overrides = {"model_name": str(model_dir), "cache_dir": str(tmp_path / "cache"), "train_prompts_per_task": 8,
-                 "test_prompts_per_task": 4, "eval_prompts_per_task": 4, "max_new_tokens": 24, "num_ref_samples": 2,
+    overrides = {"model_name": str(model_dir), "cache_dir": str(tmp_path / "cache"), "train_prompts_per_task": 4,
+                 "test_prompts_per_task": 2, "eval_prompts_per_task": 2, "max_new_tokens": 16, "num_ref_samples": 2,
                  "prompts_per_step": 2, "micro_batch_size": 1, "pass_k": 2, "checkpoint_every": 1, "eval_every": 1,
                  "generation_batch_size": 16, "max_turns": 2, "max_turn_tokens": 16}
     executed = tmp_path / "executed.ipynb"
@@ -52,4 +52,4 @@ def test_qwen_preset_runs_end_to_end_on_a_local_qwen_shaped_model(tmp_path):
     assert "A dialogue between a User and an Assistant" in printed  # the TinyZero-style prompt was used
     assert "You are P on a frozen lake" in printed and 1 <= summary["trained"]["frozenlake"]["greedy_turns"] <= 2
     trained = AutoModelForCausalLM.from_pretrained(run_dir / "final_model")
-    assert type(trained).__name__ == "Qwen2ForCausalLM" and trained.config.num_key_value_heads == 2
+    assert type(trained).__name__ == "Qwen2ForCausalLM" and trained.config.num_key_value_heads == 1

@@ -63,6 +63,7 @@ def test_driver_reports_steps_evaluations_and_memory(reports, trainer):
         assert set(evaluation["accuracy"]) == {"countdown", "multiplication"}
         assert all(0.0 <= a <= 1.0 for a in evaluation["accuracy"].values())
     assert report["peak_memory_mb"] > 0 and report["total_seconds"] > seconds[1]
+    assert report["vllm_imported"] is False  # TRL would import it (installed for the notebook), unused, into its memory
 
 
 def test_reward_is_the_notebooks_and_prompts_stay_raw_text(nb):
