@@ -1,5 +1,6 @@
 """Stage 0: tokenizer, reasoning traces, corpus hygiene, and the base model's save/load round trip."""
 import json
+import pathlib
 import random
 import re
 
@@ -122,12 +123,12 @@ def test_base_model_saves_and_loads_through_from_pretrained(nb, tmp_path):
     config = nb.make_config("cpu-tiny", cache_dir=str(tmp_path), base_pretrain_steps=3)
     heldout = {nb.problem_key(p) for split in nb.build_datasets(config).values() for p in split["test"]}
     path = nb.ensure_base_model(config, heldout)
-    assert path.startswith(str(tmp_path)) and (tmp_path / "base_model").is_dir()
-    mtime = (tmp_path / "base_model" / path.split("/")[-1] / "model.safetensors").stat().st_mtime
+    folder = pathlib.Path(path)
+    assert folder.parent == tmp_path / "base_model"
+    mtime = (folder / "model.safetensors").stat().st_mtime
     assert nb.ensure_base_model(config, heldout) == path  # cached: not rebuilt
-    assert (tmp_path / "base_model" / path.split("/")[-1] / "model.safetensors").stat().st_mtime == mtime
-    with open(f"{path}/stage0.json") as f:
-        facts = json.load(f)
+    assert (folder / "model.safetensors").stat().st_mtime == mtime
+    facts = json.loads((folder / "stage0.json").read_text())
     assert facts["machine"] == nb.machine_description(torch.device("cpu"))  # the processor its floats came from
     tokenizer = nb.load_tokenizer(path)
     model = nb.load_causal_lm(path, config, torch.device("cpu"))
